@@ -1,0 +1,66 @@
+"""The ``breadcrumbs`` command line: one module per subcommand, registered in ``COMMANDS``.
+
+Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+User errors (``ValueError`` and friends) become a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = [
+    "breadcrumbs_vllm.cli.init_model",
+    "breadcrumbs_vllm.cli.generate",
+    "breadcrumbs_vllm.cli.eval",
+    "breadcrumbs_vllm.cli.serve",
+    "breadcrumbs_vllm.cli.train",
+]
+
+
+class UsageError(ValueError):
+    """Raised by subcommands for bad user input; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="breadcrumbs",
+        description="Learned KV-cache compression (Breadcrumbs beacons): generate, evaluate, "
+        "train and serve.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own output: no weight-loading bars or library warnings."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if exc.args else str(exc)
+        print(f"breadcrumbs {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"breadcrumbs {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``breadcrumbs eval``: accuracy against KV entries on held-out problems, with baselines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from breadcrumbs_vllm.cli.init_model import parse_ratio_list
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate ratios and baselines on held-out problems")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--task", default=None, help="task (default: the one in the model's config)")
+    p.add_argument("--n", type=int, default=100, help="number of held-out problems")
+    p.add_argument("--seed", type=int, default=1234, help="problem seed (training never uses it)")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--ratios", default="none,2,4,8,16")
+    p.add_argument("--baselines", default="streaming,tova", help="comma list, or '' for none")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.evaluation.report import plot_frontier, print_table, write_json
+    from breadcrumbs_vllm.evaluation.runner import Evaluator
+    from breadcrumbs_vllm.reference import POLICIES, ReferenceEngine
+    from breadcrumbs_vllm.tasks import get_task
+
+    bc = read_breadcrumbs_config(args.model)
+    if not (args.task or bc.task):
+        raise ValueError("--task is required: the model's config names no task")
+    task = get_task(args.task or bc.task)
+    ratios = parse_ratio_list(args.ratios)
+    for ratio in ratios:
+        bc.check_ratio(ratio)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    for name in baselines:
+        if name not in POLICIES:
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(POLICIES)}")
+    if args.n < 1 or args.max_tokens < 1 or args.batch_size < 1:
+        raise ValueError("--n, --max-tokens and --batch-size must be positive")
+
+    engine = ReferenceEngine.from_checkpoint(args.model)
+    problems = task.problems(args.n, args.seed)
+    rows = Evaluator(engine, task, args.max_tokens, args.batch_size).run(problems, ratios, baselines)
+
+    title = f"{task.name}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
+    print_table(rows, title)
+    out = Path(args.out)
+    write_json(rows, out)
+    plot = out.with_suffix(".png")
+    plot_frontier(rows, plot, title)
+    print(f"wrote {out} and {plot}")
+    return 0

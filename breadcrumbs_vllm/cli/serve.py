@@ -1,0 +1,76 @@
+"""``breadcrumbs serve``: the gateway on the bundled model (or a given one, or remote engines).
+
+Without ``--model`` it serves the bundled model (``BUNDLED_MODEL_GLOB``); until trained models
+land in ``models/`` it creates a random beacon-capable model once, in a cache folder, and says so.
+Flags override ``BREADCRUMBS_*`` environment variables (see ``server.settings.Settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+# Where the bundled model lives: the first match with a ``breadcrumbs`` block is served.
+BUNDLED_MODEL_GLOB = "models/*/config.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "breadcrumbs"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible gateway (embedded vLLM)")
+    p.add_argument("--model", help="checkpoint folder (default: the bundled model)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--kv-cache-gib", type=float, help="KV pool size in GiB (VLLM_CPU_KVCACHE_SPACE "
+                                                      "on CPU)")
+    p.add_argument("--api-keys", help="comma-separated bearer keys; when set, /v1/* needs one")
+    p.add_argument("--backends", help="comma-separated vLLM server URLs (remote mode)")
+    p.add_argument("--kv-target", type=float, help="KV usage 'auto' keeps under (0-1]")
+    p.add_argument("--log-content", action="store_true", help="log prompts and completions")
+    p.set_defaults(func=run)
+
+
+def bundled_model() -> Path | None:
+    """The first bundled checkpoint that has a ``breadcrumbs`` block, if any."""
+    for config in sorted(REPO_ROOT.glob(BUNDLED_MODEL_GLOB)):
+        try:
+            if "breadcrumbs" in json.loads(config.read_text()):
+                return config.parent
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def random_model() -> Path:
+    """A small random model in the cache folder, made once with init-model's logic."""
+    from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
+
+    out = CACHE_DIR / "random-2x64"
+    if not (out / "config.json").is_file():
+        model, tokenizer, bc = init_model(2, 64)
+        save_checkpoint(model, tokenizer, bc, out)
+        print(f"no bundled model under {REPO_ROOT / 'models'}; created a random one at {out}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from server import Settings, create_app
+
+    overrides = {k: v for k, v in {
+        "host": args.host, "port": args.port, "kv_cache_gib": args.kv_cache_gib,
+        "api_keys": args.api_keys, "backends": args.backends, "kv_target": args.kv_target,
+        "log_content": args.log_content or None,
+    }.items() if v is not None}
+    model = args.model or os.environ.get("BREADCRUMBS_MODEL") or bundled_model() or random_model()
+    settings = Settings(model=Path(model), **overrides)
+    app = create_app(settings)
+    import uvicorn
+
+    ratios = sorted(app.state.service.policy.ratios)
+    print(f"serving {settings.model_name} ({settings.model}) at "
+          f"http://{settings.host}:{settings.port}/v1  compression ratios: "
+          f"{', '.join(map(str, ratios))}, none, auto", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0

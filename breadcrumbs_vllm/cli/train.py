@@ -1,0 +1,102 @@
+"""``breadcrumbs train teacher|student``: the RL teacher and the multi-ratio beacon student.
+
+Runs are resumable: ``--resume`` continues the run recorded in ``--out`` (its recorded config
+wins), and ``--max-minutes`` stops cleanly with a checkpoint, so long runs go in chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a teacher (SFT + GRPO) or a beacon student")
+    stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    teacher = stages.add_parser("teacher", help="SFT warm start on solver traces, then GRPO")
+    teacher.add_argument("--task", default="countdown")
+    teacher.add_argument("--layers", type=int, default=4)
+    teacher.add_argument("--hidden", type=int, default=128, help="hidden size (head size is 32)")
+    teacher.add_argument("--sft-steps", type=int, default=1500)
+    teacher.add_argument("--sft-batch", type=int, default=32)
+    teacher.add_argument("--lr", type=float, default=2e-3)
+    student = stages.add_parser("student", help="beacon student distilled from --teacher")
+    student.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
+    student.add_argument("--sequential", action="store_true",
+                         help="distil from the frozen teacher (ablation) instead of jointly")
+    student.add_argument("--teacher-out", default=None,
+                         help="joint mode: where the co-trained teacher goes (default OUT-teacher)")
+    student.add_argument("--distill-lr", type=float, default=1e-3)
+    for s in (teacher, student):
+        s.add_argument("--out", required=True, help="run / checkpoint folder (HF format)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--rl-steps", type=int, default=0, help="GRPO (student: rollout) steps")
+        s.add_argument("--rl-problems", type=int, default=8)
+        s.add_argument("--group", type=int, default=8, help="sampled completions per problem")
+        s.add_argument("--rl-lr", type=float, default=1e-4)
+        s.add_argument("--clip", type=float, default=0.2)
+        s.add_argument("--temperature", type=float, default=1.0)
+        s.add_argument("--max-tokens", type=int, default=512)
+        s.add_argument("--eval-every", type=int, default=250)
+        s.add_argument("--eval-n", type=int, default=32)
+        s.add_argument("--save-every", type=int, default=100)
+        s.add_argument("--max-minutes", type=float, default=None,
+                       help="stop (with a checkpoint) after this long; continue with --resume")
+        s.add_argument("--resume", action="store_true", help="continue the run in --out")
+        s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from breadcrumbs_vllm.cli.init_model import parse_ratio_list
+    from breadcrumbs_vllm.training.config import TrainConfig
+    from breadcrumbs_vllm.training.trainer import Run, load_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    recorded = load_config(out)
+    if args.resume:
+        if recorded is None:
+            raise ValueError(f"--resume: {out} holds no resumable run")
+        cfg = recorded
+    else:
+        if recorded is not None:
+            raise ValueError(f"{out} already holds a run: pass --resume or choose another --out")
+        cfg = config_from_args(args, parse_ratio_list)
+    teacher_out = None
+    if cfg.stage == "student" and not cfg.sequential:
+        teacher_out = Path(getattr(args, "teacher_out", None) or f"{out}-teacher")
+    done = Run(cfg, out, teacher_out).train(args.max_minutes)
+    print(f"{'finished' if done else 'paused'}: {out}"
+          + ("" if done else " (continue with --resume)"))
+    return 0
+
+
+def config_from_args(args: argparse.Namespace, parse_ratio_list):
+    from breadcrumbs_vllm.training.config import TrainConfig
+
+    common = dict(stage=args.stage, seed=args.seed, rl_steps=args.rl_steps,
+                  rl_problems=args.rl_problems, group=args.group, rl_lr=args.rl_lr, clip=args.clip,
+                  temperature=args.temperature, max_tokens=args.max_tokens,
+                  eval_every=args.eval_every, eval_n=args.eval_n, save_every=args.save_every)
+    if min(args.rl_steps, 0) < 0 or args.group < 2 and args.rl_steps:
+        raise ValueError("--rl-steps must be >= 0 and --group >= 2")
+    if args.stage == "teacher":
+        if args.layers < 1 or args.hidden < 32 or args.hidden % 32:
+            raise ValueError("--layers must be >= 1 and --hidden a positive multiple of 32")
+        return TrainConfig(task=args.task, layers=args.layers, hidden=args.hidden,
+                           sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
+    ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
+    if not ratios:
+        raise ValueError("--ratios needs at least one ratio >= 2")
+    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+
+    task = read_breadcrumbs_config(args.teacher).task or "countdown"
+    if args.rl_steps < 1:
+        raise ValueError("the student trains on teacher rollouts: pass --rl-steps >= 1")
+    return TrainConfig(task=task, teacher=str(Path(args.teacher).resolve()), ratios=ratios,
+                       sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0, **common)

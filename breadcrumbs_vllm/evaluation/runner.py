@@ -1,0 +1,109 @@
+"""Held-out evaluation: accuracy against KV entries for each ratio and each training-free baseline.
+
+Every setting decodes the same problems. A baseline row matches one ratio: each problem runs the
+uncompressed model under the baseline's policy with a KV budget equal to the peak that problem
+reached at that ratio, so the comparison is at the same peak memory, sequence by sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from tqdm.auto import tqdm
+
+from breadcrumbs_vllm.reference import GenerationRequest, GenerationResult, ReferenceEngine, make_policy
+from breadcrumbs_vllm.tasks.base import Problem, Task
+
+
+@dataclass
+class EvalRow:
+    """One line of the results table (and one object of the results JSON)."""
+
+    setting: str  # "none", "c=8", or a baseline name
+    ratio: int | None  # the compression ratio, or for a baseline the ratio whose peak it matches
+    budget: float | None  # baselines: mean KV budget per sequence
+    accuracy: float
+    mean_generated_tokens: float
+    mean_kv_entries: float
+    peak_kv_entries: float  # mean over sequences of each sequence's peak
+    max_peak_kv_entries: int
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chat_prompt_ids(engine: ReferenceEngine, problem: Problem) -> list[int]:
+    """Token ids of the problem as a chat turn, the format models are trained and served in."""
+    assert engine.tokenizer is not None
+    return engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.prompt}], add_generation_prompt=True, tokenize=True,
+        return_dict=False,
+    )
+
+
+class Evaluator:
+    """Decodes problems in batches and scores them with the task's verifier."""
+
+    def __init__(self, engine: ReferenceEngine, task: Task, max_tokens: int, batch_size: int = 32,
+                 temperature: float = 0.0, progress: bool = True) -> None:
+        self.engine = engine
+        self.task = task
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.temperature = temperature
+        self.progress = progress
+
+    def run(self, problems: Sequence[Problem], ratios: Sequence[int | None],
+            baselines: Sequence[str]) -> list[EvalRow]:
+        """One row per ratio, then one row per (baseline, compressed ratio) pair."""
+        prompts = [chat_prompt_ids(self.engine, p) for p in problems]
+        total = len(ratios) + len(baselines) * sum(r is not None for r in ratios)
+        bar = tqdm(total=total * len(problems), desc="eval", unit="seq", disable=not self.progress)
+        rows: list[EvalRow] = []
+        peaks: dict[int, list[int]] = {}
+        for ratio in ratios:
+            results = self._decode(prompts, bar, lambda i: {"ratio": ratio})
+            rows.append(self._row("none" if ratio is None else f"c={ratio}", ratio, None,
+                                  problems, results))
+            if ratio is not None:
+                peaks[ratio] = [r.peak_kv_entries for r in results]
+        for name in baselines:
+            for ratio, budget in peaks.items():
+                results = self._decode(prompts, bar, lambda i: {"policy": make_policy(name, budget[i])})
+                rows.append(self._row(name, ratio, sum(budget) / len(budget), problems, results))
+        bar.close()
+        return rows
+
+    def _decode(self, prompts: list[list[int]], bar: tqdm, options) -> list[GenerationResult]:
+        results: list[GenerationResult] = []
+        for start in range(0, len(prompts), self.batch_size):
+            requests = [
+                GenerationRequest(prompts[i], max_tokens=self.max_tokens,
+                                  temperature=self.temperature, seed=i, **options(i))
+                for i in range(start, min(start + self.batch_size, len(prompts)))
+            ]
+            results.extend(self.engine.generate(requests))
+            bar.update(len(requests))
+        return results
+
+    def _row(self, setting: str, ratio: int | None, budget: float | None,
+             problems: Sequence[Problem], results: list[GenerationResult]) -> EvalRow:
+        assert self.engine.tokenizer is not None
+        correct = 0.0
+        for problem, res in zip(problems, results, strict=True):
+            text = self.engine.tokenizer.decode(res.token_ids, skip_special_tokens=True)
+            correct += self.task.verify(problem, text)
+        n = len(results)
+        return EvalRow(
+            setting=setting,
+            ratio=ratio,
+            budget=budget,
+            accuracy=correct / n,
+            mean_generated_tokens=sum(len(r.token_ids) for r in results) / n,
+            mean_kv_entries=sum(r.mean_kv_entries for r in results) / n,
+            peak_kv_entries=sum(r.peak_kv_entries for r in results) / n,
+            max_peak_kv_entries=max(r.peak_kv_entries for r in results),
+            n=n,
+        )

@@ -1,0 +1,159 @@
+"""LinSys: a small integer linear system with a unique integer solution.
+
+This is the task where, per the paper, compression hurts most: exact intermediate values must
+survive until back-substitution reads them. The solver does fraction-free Gaussian elimination
+(every derived equation is divided by the gcd of its numbers, so they stay small), then
+back-substitution, one line per step::
+
+    Solve for x,y,z. E1: -x+3y+2z=-7, E2: x-y+2z=-17, E3: 4y-2z=32     (the prompt)
+    E4=(E2+E1)/2: y+2z=-12         eliminate x from E2 with pivot E1, divide by the common 2
+    E5=(E3-4E4)/10: -z=8           eliminate y from E3 with pivot E4
+    E5: -z=8, z=-8                 the last pivot gives the last unknown
+    E4: y=-12-2*(-8)=4, y=4        known values move to the right-hand side, one term each
+    E1: -x=-7-3*4-2*(-8)=-3, x=3
+    Answer: x=3, y=4, z=-8
+
+Pivots are the equations with the smallest non-zero coefficient of the unknown being eliminated.
+"""
+
+from __future__ import annotations
+
+import random
+from math import gcd, lcm
+
+from breadcrumbs_vllm.tasks.base import Problem, Task, parse_int
+
+VARIABLES = "xyz"
+
+Equation = tuple[list[int], int]  # coefficients, right-hand side
+
+
+def _term(coef: int, var: str, first: bool) -> str:
+    """``coef*var`` as written in an equation or a combination: ``3x``, ``-y``, ``+2E1``."""
+    mag = "" if abs(coef) == 1 else str(abs(coef))
+    sign = "-" if coef < 0 else ("" if first else "+")
+    return f"{sign}{mag}{var}"
+
+
+def format_equation(coefs: list[int], rhs: int, names: str) -> str:
+    """``[2, -1, 0], 5`` -> ``2x-y=5`` (zero terms are left out)."""
+    terms = [(c, v) for c, v in zip(coefs, names) if c]
+    return "".join(_term(c, v, i == 0) for i, (c, v) in enumerate(terms)) + f"={rhs}"
+
+
+class LinSys(Task):
+    """``unknowns`` unknowns, coefficients in ``[-coef_max, coef_max]``, solution in
+    ``[-value_max, value_max]``."""
+
+    name = "linsys"
+
+    def __init__(self, unknowns: int = 3, coef_max: int = 5, value_max: int = 9) -> None:
+        if not 2 <= unknowns <= len(VARIABLES) or coef_max < 1 or value_max < 0:
+            raise ValueError(f"linsys needs 2..{len(VARIABLES)} unknowns, coef_max >= 1 and "
+                             "value_max >= 0")
+        self.unknowns = unknowns
+        self.coef_max = coef_max
+        self.value_max = value_max
+
+    def generate(self, rng: random.Random) -> Problem:
+        """Random solution, random non-singular matrix; the right-hand sides follow."""
+        n = self.unknowns
+        solution = [rng.randint(-self.value_max, self.value_max) for _ in range(n)]
+        while True:
+            matrix = [[rng.randint(-self.coef_max, self.coef_max) for _ in range(n)]
+                      for _ in range(n)]
+            if _determinant(matrix) != 0:
+                break
+        rhs = [sum(c * v for c, v in zip(row, solution)) for row in matrix]
+        names = VARIABLES[:n]
+        eqs = ", ".join(f"E{i + 1}: {format_equation(row, b, names)}"
+                        for i, (row, b) in enumerate(zip(matrix, rhs)))
+        prompt = f"Solve for {','.join(names)}. {eqs}"
+        return Problem(self.name, prompt, {"matrix": matrix, "rhs": rhs})
+
+    def solve(self, problem: Problem) -> str:
+        matrix, rhs = problem.data["matrix"], problem.data["rhs"]
+        names = VARIABLES[:len(matrix)]
+        equations: dict[str, Equation] = {f"E{i + 1}": (list(row), b)
+                                          for i, (row, b) in enumerate(zip(matrix, rhs))}
+        lines: list[str] = []
+        pivots: list[str] = []
+        active = list(equations)
+        for col in range(len(names)):
+            pivot = min((label for label in active if equations[label][0][col]),
+                        key=lambda label: abs(equations[label][0][col]))
+            pivots.append(pivot)
+            active.remove(pivot)
+            for k, label in enumerate(active):
+                if equations[label][0][col] == 0:
+                    continue
+                new = f"E{len(equations) + 1}"
+                equations[new], how = _eliminate(equations[label], label,
+                                                 equations[pivot], pivot, col)
+                lines.append(f"{new}={how}: {format_equation(*equations[new], names)}")
+                active[k] = new
+        values: dict[int, int] = {}
+        for col in reversed(range(len(names))):
+            label = pivots[col]
+            coefs, b = equations[label]
+            moved = "".join(f"{-coefs[k]:+d}*{_paren(values[k])}" for k in sorted(values)
+                            if coefs[k])
+            total = b - sum(coefs[k] * values[k] for k in values)
+            values[col] = total // coefs[col]
+            lhs = _term(coefs[col], names[col], True)
+            rhs_text = f"{b}{moved}={total}" if moved else f"{b}"
+            lines.append(f"{label}: {lhs}={rhs_text}, {names[col]}={values[col]}")
+        lines.append("Answer: " + ", ".join(f"{v}={values[i]}" for i, v in enumerate(names)))
+        return "\n".join(lines)
+
+    def check_answer(self, problem: Problem, answer: str) -> bool:
+        """Accepts ``x=1, y=-2, z=3`` in any order and spacing; each unknown exactly once.
+
+        The values are checked by substitution: the system is non-singular, so only the solution
+        satisfies every equation.
+        """
+        names = VARIABLES[:len(problem.data["matrix"])]
+        values: dict[str, int] = {}
+        for part in answer.split(","):
+            name, eq, value_text = part.partition("=")
+            name, value = name.strip(), parse_int(value_text)
+            if not eq or name not in names or name in values or value is None:
+                return False
+            values[name] = value
+        if len(values) != len(names):
+            return False
+        x = [values[v] for v in names]
+        return all(sum(c * v for c, v in zip(row, x)) == b
+                   for row, b in zip(problem.data["matrix"], problem.data["rhs"]))
+
+
+def _paren(value: int) -> str:
+    return f"({value})" if value < 0 else str(value)
+
+
+def _eliminate(target: Equation, target_label: str, pivot: Equation, pivot_label: str,
+               col: int) -> tuple[Equation, str]:
+    """``a*target - b*pivot`` with column ``col`` cancelled, divided by the common factor.
+
+    Returns the new equation and the combination as the trace writes it (``(3E3+E1)/2``).
+    """
+    t, p = target[0][col], pivot[0][col]
+    m = lcm(abs(t), abs(p))
+    a, b = m // t, m // p
+    if a < 0:
+        a, b = -a, -b
+    coefs = [a * ct - b * cp for ct, cp in zip(target[0], pivot[0])]
+    rhs = a * target[1] - b * pivot[1]
+    g = gcd(*coefs, rhs)
+    how = _term(a, target_label, True) + _term(-b, pivot_label, False)
+    if g > 1:
+        coefs, rhs, how = [c // g for c in coefs], rhs // g, f"({how})/{g}"
+    return (coefs, rhs), how
+
+
+def _determinant(m: list[list[int]]) -> int:
+    """Exact determinant by cofactor expansion (the matrices are at most 3x3)."""
+    if len(m) == 1:
+        return m[0][0]
+    return sum((-1) ** j * m[0][j] * _determinant([row[:j] + row[j + 1:] for row in m[1:]])
+               for j in range(len(m)))

@@ -1,0 +1,58 @@
+"""The training run's settings, recorded into every checkpoint so a run can be resumed and audited."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run. ``--resume`` continues the recorded config unchanged.
+
+    Step counts are totals for the run: a teacher run does ``sft_steps`` supervised steps, then
+    ``rl_steps`` GRPO steps; a student run does ``rl_steps`` steps, each one a batch of teacher
+    rollouts that the teacher learns from (joint mode only) and the student distils.
+    """
+
+    stage: str  # "teacher" or "student"
+    task: str = "countdown"
+    seed: int = 0
+    # model (teacher from scratch)
+    layers: int = 4
+    hidden: int = 128
+    # supervised warm start on solver traces
+    sft_steps: int = 1500
+    sft_batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 50
+    # GRPO
+    rl_steps: int = 0
+    rl_problems: int = 8  # problems per step
+    group: int = 8  # sampled completions per problem
+    rl_lr: float = 1e-4
+    temperature: float = 1.0
+    clip: float = 0.2  # PPO-style ratio clipping: the guard against collapse
+    ppo_epochs: int = 2  # gradient steps per rollout batch (clipping is active from the second)
+    max_tokens: int = 512
+    # student
+    teacher: str | None = None
+    ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
+    distill_lr: float = 1e-3
+    # bookkeeping
+    eval_every: int = 250
+    eval_n: int = 32
+    eval_seed: int = 4321  # periodic eval; `breadcrumbs eval` uses 1234; training never uses either
+    save_every: int = 100
+
+    @property
+    def total_steps(self) -> int:
+        return (self.sft_steps if self.stage == "teacher" else 0) + self.rl_steps
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))

@@ -1,0 +1,317 @@
+"""The training loop: teacher (SFT warm start, then GRPO) and the beacon student (distillation).
+
+Read top to bottom: :class:`Run` owns the models, optimisers, step counter and checkpointing;
+``teacher_sft_step``, ``rollout_step`` and ``student_step`` are the three kinds of step.
+
+* Teacher: ``sft_steps`` of cross-entropy on solver traces, then ``rl_steps`` of GRPO: for
+  ``rl_problems`` problems, ``group`` completions are sampled; the verifier's rewards become
+  group-relative advantages; a PPO-clipped surrogate over ``ppo_epochs`` gradient steps updates
+  the policy.
+* Student: initialised from the teacher with the beacon embedding set to the mean embedding.
+  Each step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
+  step on it, and the student always minimises KL(teacher || student) on the same sequences
+  under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``. ``sequential``
+  keeps the teacher frozen (distillation from a finished teacher), for the ablation.
+
+Every step is a pure function of (config, step): problems, sampling seeds and ratios derive from
+the seed and the step number, so ``--resume`` continues exactly where a run stopped. Checkpoints
+are HF folders (loadable by vLLM unchanged) with ``training_config.json``, ``training_log.jsonl``
+and ``trainer_state.pt`` inside, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from breadcrumbs_vllm.checkpoint import atomic_write_dir, init_model, load_checkpoint, save_checkpoint
+from breadcrumbs_vllm.evaluation.runner import Evaluator, chat_prompt_ids
+from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
+from breadcrumbs_vllm.tasks import Problem, get_task
+from breadcrumbs_vllm.tokenizer import build_tokenizer
+from breadcrumbs_vllm.training.config import TrainConfig
+from breadcrumbs_vllm.training.losses import (
+    distill_kl, group_advantages, grpo_loss, sft_loss, token_logprobs,
+)
+from breadcrumbs_vllm.training.mask import build_beacon_batch
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "training_config.json"
+LOG_FILE = "training_log.jsonl"
+
+
+def step_seed(cfg: TrainConfig, step: int, stream: int, rank: int = 0) -> int:
+    """A seed for (run, step, purpose, process): what makes every step reproducible."""
+    return (cfg.seed * 1_000_003 + step * 7_919 + stream * 104_729 + rank * 15_485_863) % 2**31
+
+
+@dataclass
+class Rollouts:
+    """A batch of teacher completions with rewards, and the teacher's logits on them."""
+
+    prompts: list[list[int]]
+    generations: list[list[int]]
+    rewards: torch.Tensor  # [B]
+    teacher_logits: torch.Tensor  # [B, L, V], no beacons, from the sampling policy
+    teacher_labels: torch.Tensor  # [B, L]
+
+
+class Run:
+    """One training run: models, optimisers, the step counter, checkpoints and the log."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, teacher_out: Path | None = None) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.teacher_out = teacher_out
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.task = get_task(cfg.task)
+        self.step = 0
+        self.log: list[dict] = []
+        # Built, not loaded: with transformers 5, AutoTokenizer on a qwen2 folder yields a
+        # byte-level Qwen2Tokenizer that drops spaces, which would corrupt every trace.
+        self.tokenizer = build_tokenizer()
+        resume = (out / STATE_FILE).is_file()
+        if cfg.stage == "teacher":
+            self._init_teacher(resume)
+        else:
+            self._init_student(resume)
+        if resume:
+            self._load_state()
+
+    # --- models ------------------------------------------------------------------------------
+    def _init_teacher(self, resume: bool) -> None:
+        cfg = self.cfg
+        if resume:
+            model, _, self.bc = load_checkpoint(self.out, attn_implementation="sdpa")
+        else:
+            model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
+                                                        ratios=cfg.ratios, task=cfg.task)
+        self.teacher = self.acc.prepare(model.train())
+        self.teacher_opt = self.acc.prepare(torch.optim.AdamW(self.teacher.parameters(), lr=cfg.lr,
+                                                              weight_decay=0.0))
+        self.student = self.student_opt = None
+
+    def _init_student(self, resume: bool) -> None:
+        cfg = self.cfg
+        if cfg.teacher is None:
+            raise ValueError("the student needs --teacher PATH")
+        teacher, _, self.bc = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
+        if resume:
+            student, _, _ = load_checkpoint(self.out, attn_implementation="sdpa")
+        else:
+            student, _, _ = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
+            init_beacon_embedding(student, self.bc.beacon_token_id)
+        self.bc.ratios = sorted(cfg.ratios)
+        self.bc.teacher = os.path.relpath(self.teacher_out or cfg.teacher, self.out)
+        self.teacher = self.acc.prepare(teacher.train())
+        self.teacher_opt = None
+        if not cfg.sequential:
+            self.teacher_opt = self.acc.prepare(
+                torch.optim.AdamW(self.teacher.parameters(), lr=cfg.rl_lr, weight_decay=0.0))
+        self.student = self.acc.prepare(student.train())
+        self.student_opt = self.acc.prepare(
+            torch.optim.AdamW(self.student.parameters(), lr=cfg.distill_lr, weight_decay=0.0))
+
+    # --- the three kinds of step -------------------------------------------------------------
+    def teacher_sft_step(self) -> dict:
+        """Cross-entropy on a fresh batch of solver traces, learning rate warmup then cosine."""
+        cfg = self.cfg
+        problems = self.task.problems(cfg.sft_batch, step_seed(cfg, self.step, 0, self.acc.process_index))
+        prompts = [self.prompt_ids(p) for p in problems]
+        targets = [self.encode(self.task.solve(p)) for p in problems]
+        batch = self.batch(prompts, targets, [None] * len(prompts))
+        set_lr(self.teacher_opt, cfg.lr * lr_factor(self.step, cfg.warmup, cfg.sft_steps))
+        loss = sft_loss(self.teacher(**batch.model_inputs()).logits, batch.labels)
+        self.update(self.teacher, self.teacher_opt, loss)
+        return {"sft_loss": loss.item()}
+
+    def rollout_step(self) -> tuple[dict, Rollouts]:
+        """Sample ``group`` completions per problem; in teacher or joint mode, one GRPO update."""
+        cfg = self.cfg
+        problems = self.task.problems(cfg.rl_problems, step_seed(cfg, self.step, 1, self.acc.process_index))
+        rollouts = self.sample(problems)
+        metrics = {"reward": rollouts.rewards.mean().item(),
+                   "gen_len": sum(map(len, rollouts.generations)) / len(rollouts.generations)}
+        if self.teacher_opt is not None:
+            set_lr(self.teacher_opt, cfg.rl_lr)
+            batch = self.batch(rollouts.prompts, rollouts.generations, [None] * len(rollouts.prompts))
+            old = token_logprobs(rollouts.teacher_logits, batch.labels)
+            adv = group_advantages(rollouts.rewards, cfg.group).to(old.device)
+            for _ in range(cfg.ppo_epochs):
+                loss = grpo_loss(self.teacher(**batch.model_inputs()).logits, batch.labels, old, adv,
+                                 cfg.clip)
+                self.update(self.teacher, self.teacher_opt, loss)
+            metrics["rl_loss"] = loss.item()
+        return metrics, rollouts
+
+    def student_step(self, rollouts: Rollouts) -> dict:
+        """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio."""
+        rng = random.Random(step_seed(self.cfg, self.step, 2, self.acc.process_index))
+        ratios = [rng.choice(self.cfg.ratios) for _ in rollouts.prompts]
+        batch = self.batch(rollouts.prompts, rollouts.generations, ratios)
+        logits = self.student(**batch.model_inputs()).logits
+        loss = distill_kl(logits, batch.labels, rollouts.teacher_logits, rollouts.teacher_labels)
+        self.update(self.student, self.student_opt, loss)
+        return {"kl": loss.item()}
+
+    # --- helpers -----------------------------------------------------------------------------
+    def sample(self, problems: list[Problem]) -> Rollouts:
+        """Teacher completions (temperature ``cfg.temperature``), rewards, teacher logits."""
+        cfg = self.cfg
+        engine = self.engine(self.teacher)
+        prompts = [chat_prompt_ids(engine, p) for p in problems for _ in range(cfg.group)]
+        base = step_seed(cfg, self.step, 3, self.acc.process_index)
+        results = engine.generate([
+            GenerationRequest(prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                              seed=base + i) for i, prompt in enumerate(prompts)])
+        self.teacher.train()
+        generations = [r.token_ids for r in results]
+        rewards = torch.tensor([
+            self.task.verify(p, self.tokenizer.decode(g, skip_special_tokens=True))
+            for p, g in zip((p for p in problems for _ in range(cfg.group)), generations)])
+        batch = self.batch(prompts, generations, [None] * len(prompts))
+        with torch.no_grad():
+            logits = self.teacher(**batch.model_inputs()).logits
+        return Rollouts(prompts, generations, rewards, logits, batch.labels)
+
+    def batch(self, prompts, generations, ratios):
+        b = build_beacon_batch(prompts, generations, ratios, self.bc.beacon_token_id,
+                               self.tokenizer.pad_token_id)
+        for name in ("input_ids", "position_ids", "attention_mask", "is_beacon", "labels"):
+            setattr(b, name, getattr(b, name).to(self.acc.device))
+        return b
+
+    def update(self, model, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    def engine(self, model) -> ReferenceEngine:
+        return ReferenceEngine(self.acc.unwrap_model(model), self.tokenizer, self.bc)
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return chat_prompt_ids(self.engine(self.teacher), problem)
+
+    def encode(self, trace: str) -> list[int]:
+        """The solver trace as the model must generate it: characters, then end of turn."""
+        return self.tokenizer(trace, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def evaluate(self) -> dict:
+        """Greedy accuracy on a small held-out set: the teacher uncompressed, the student per ratio."""
+        cfg = self.cfg
+        problems = self.task.problems(cfg.eval_n, cfg.eval_seed)
+        if self.student is None:
+            targets = [(self.teacher, None, "acc")]
+        else:
+            targets = [(self.student, r, f"acc_c{r}") for r in (min(cfg.ratios), max(cfg.ratios))]
+        metrics = {}
+        for model, ratio, name in targets:
+            rows = Evaluator(self.engine(model), self.task, cfg.max_tokens, progress=False).run(
+                problems, [ratio], [])
+            metrics[name] = rows[0].accuracy
+            metrics["eval_len"] = rows[0].mean_generated_tokens
+            model.train()
+        return metrics
+
+    # --- the loop ----------------------------------------------------------------------------
+    def train(self, max_minutes: float | None = None) -> bool:
+        """Train until done or the time budget is spent; return whether the run is finished."""
+        cfg = self.cfg
+        start = time.time()
+        bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"train {cfg.stage}",
+                   disable=not self.acc.is_main_process)
+        shown: dict[str, float] = {}
+        while self.step < cfg.total_steps:
+            if max_minutes is not None and time.time() - start > max_minutes * 60:
+                break
+            if cfg.stage == "teacher" and self.step < cfg.sft_steps:
+                metrics = self.teacher_sft_step()
+            else:
+                metrics, rollouts = self.rollout_step()
+                if self.student is not None:
+                    metrics.update(self.student_step(rollouts))
+            self.step += 1
+            if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
+                metrics.update(self.evaluate())
+            self.log.append({"step": self.step, "time": round(time.time() - start, 2), **metrics})
+            shown.update({k: round(v, 4) for k, v in metrics.items()})
+            bar.set_postfix(shown, refresh=False)
+            bar.update(1)
+            if self.step % cfg.save_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        return self.step >= cfg.total_steps
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the trained model (and, in joint mode, the co-trained teacher) atomically."""
+        if not self.acc.is_main_process:
+            return
+        state = {"step": self.step, "log": self.log,
+                 "teacher_opt": self.teacher_opt.state_dict() if self.teacher_opt else None}
+        if self.student is not None:
+            state["student_opt"] = self.student_opt.state_dict()
+            if self.teacher_opt is not None:  # joint: the teacher moves too
+                state["teacher"] = self.acc.unwrap_model(self.teacher).state_dict()
+        model = self.acc.unwrap_model(self.student if self.student is not None else self.teacher)
+        extra = {CONFIG_FILE: self.cfg.to_json(),
+                 LOG_FILE: "".join(json.dumps(row) + "\n" for row in self.log)}
+
+        def write(tmp: Path) -> None:
+            save_checkpoint(model, self.tokenizer, self.bc, tmp, extra_files=extra)
+            torch.save(state, tmp / STATE_FILE)
+
+        atomic_write_dir(self.out, write)
+        if self.teacher_out is not None and self.student is not None and self.teacher_opt is not None:
+            teacher_bc = type(self.bc)(**{**self.bc.to_dict(), "teacher": None})
+            save_checkpoint(self.acc.unwrap_model(self.teacher), self.tokenizer, teacher_bc,
+                            self.teacher_out, extra_files={CONFIG_FILE: self.cfg.to_json()})
+
+    def _load_state(self) -> None:
+        state = torch.load(self.out / STATE_FILE, weights_only=False)
+        self.step, self.log = state["step"], state["log"]
+        if state.get("teacher") is not None:
+            self.acc.unwrap_model(self.teacher).load_state_dict(state["teacher"])
+        if self.teacher_opt is not None and state["teacher_opt"] is not None:
+            self.teacher_opt.load_state_dict(state["teacher_opt"])
+        if self.student_opt is not None:
+            self.student_opt.load_state_dict(state["student_opt"])
+
+
+def init_beacon_embedding(model, beacon_id: int) -> None:
+    """The teacher never saw ``<beacon>``: start its embedding at the mean of the others."""
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        others = torch.cat([emb[:beacon_id], emb[beacon_id + 1:]])
+        emb[beacon_id] = others.mean(dim=0)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to 10% at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def load_config(out: Path) -> TrainConfig | None:
+    """The config recorded in a run folder, if it holds a resumable run."""
+    if (out / STATE_FILE).is_file() and (out / CONFIG_FILE).is_file():
+        return TrainConfig.from_json((out / CONFIG_FILE).read_text())
+    return None

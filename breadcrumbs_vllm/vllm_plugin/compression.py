@@ -1,0 +1,80 @@
+"""Per-request compression state shared by the scheduler and the worker.
+
+Both processes derive every decision from :class:`breadcrumbs_vllm.spec.BeaconSchedule` and the
+request's logical progress (``num_computed_tokens``), so they agree on beacon steps, chunk
+boundaries, physical KV slots and block counts without a side channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
+from breadcrumbs_vllm.spec import BeaconSchedule, insert_beacons, validate_ratio
+
+#: The ``SamplingParams.extra_args`` key (what vLLM's OpenAI server fills from ``vllm_xargs``).
+RATIO_KEY = "compression_ratio"
+
+
+def resolve_ratio(extra_args: Mapping[str, Any] | None, bc: BreadcrumbsConfig) -> int | None:
+    """The ratio a request asks for: its ``compression_ratio``, else the model's default.
+
+    Raises ``ValueError`` naming the supported ratios when the model does not support it.
+    """
+    if extra_args and RATIO_KEY in extra_args:
+        raw = extra_args[RATIO_KEY]
+        if isinstance(raw, str):
+            raw = None if raw.strip().lower() in ("", "none", "null", "off") else int(raw)
+        ratio = validate_ratio(raw)
+    else:
+        ratio = validate_ratio(bc.default_ratio)
+    return bc.check_ratio(ratio)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class RequestCompression:
+    """What one compressed request needs to know: its beacon schedule and the beacon id."""
+
+    schedule: BeaconSchedule
+    beacon_id: int
+
+    @property
+    def prompt_len(self) -> int:
+        return self.schedule.prompt_len
+
+    @property
+    def ratio(self) -> int:
+        assert self.schedule.ratio is not None
+        return self.schedule.ratio
+
+    def fed_outputs(self, output_ids: Sequence[int]) -> list[int]:
+        """The generated tokens with beacons inserted, as the request feeds them (rule 2)."""
+        return insert_beacons(output_ids, self.schedule.ratio, self.beacon_id)[0]
+
+    def chunk_limit(self, num_computed: int) -> int:
+        """Most tokens one forward pass may feed starting at logical index ``num_computed``.
+
+        A chunk never crosses the prompt's end (so prefix caching only ever sees prompt tokens)
+        and never goes past a beacon: the window's eviction must happen between the beacon and
+        the next token. Within these bounds a chunk is an ordinary causal chunk over contiguous
+        physical slots, which is what makes chunked prefill and preemption replay exact.
+        """
+        if num_computed < self.prompt_len:
+            return self.prompt_len - num_computed
+        offset = num_computed - self.prompt_len
+        return self.ratio - offset % (self.ratio + 1) + 1
+
+    def physical_start(self, num_computed: int) -> int:
+        """Physical slot of the next token fed; the live entries are exactly ``[0, this)``."""
+        return self.schedule.physical_index(num_computed)
+
+    def blocks_needed(self, num_computed: int, num_new: int, block_size: int) -> int:
+        """Blocks a chunk ``[num_computed, num_computed + num_new)`` needs (rule 5 bound)."""
+        last = self.schedule.physical_index(num_computed + num_new - 1)
+        return cdiv(last + 1, block_size)

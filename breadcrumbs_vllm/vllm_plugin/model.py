@@ -1,0 +1,32 @@
+"""Which models the plugin engages for: those whose ``config.json`` has a ``breadcrumbs`` block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
+from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression, resolve_ratio
+
+
+class BeaconModel:
+    """The served model's ``breadcrumbs`` block and the per-request compression it implies."""
+
+    def __init__(self, bc: BreadcrumbsConfig) -> None:
+        self.bc = bc
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> BeaconModel | None:
+        """``None`` for models without a ``breadcrumbs`` block: vLLM then runs exactly as stock."""
+        hf_config = getattr(model_config, "hf_config", None)
+        block = getattr(hf_config, "breadcrumbs", None)
+        if not isinstance(block, dict):
+            return None
+        return cls(BreadcrumbsConfig.from_dict(block))
+
+    def compression(self, prompt_len: int, extra_args: dict | None) -> RequestCompression | None:
+        """The request's compression state, or ``None`` when it runs uncompressed."""
+        ratio = resolve_ratio(extra_args, self.bc)
+        if ratio is None:
+            return None
+        return RequestCompression(BeaconSchedule(prompt_len, ratio), self.bc.beacon_token_id)

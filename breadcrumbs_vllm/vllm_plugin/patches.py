@@ -1,0 +1,202 @@
+"""The plugin's small, named patches of vLLM internals, checked against the pinned vLLM 0.32.0.
+
+vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so four methods are wrapped.
+Each wrapper calls the original and engages only for beacon models. Every patch records the
+signature it was written against; :func:`check_surface` refuses to patch a different one, and
+``tests/test_plugin_patches.py`` fails if an upgrade changes any of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import vllm
+
+logger = logging.getLogger("breadcrumbs_vllm.vllm_plugin")
+
+PINNED_VLLM = "0.32.0"
+SCHEDULER_CLS = "breadcrumbs_vllm.vllm_plugin.scheduler.BreadcrumbsScheduler"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One wrapped method: where it lives, the signature it was written for, the wrapper."""
+
+    name: str
+    owner: type
+    method: str
+    params: tuple[str, ...]
+    make_wrapper: Callable[[Callable], Callable]
+
+    def apply(self) -> None:
+        original = getattr(self.owner, self.method)
+        if getattr(original, "__breadcrumbs_patch__", None) == self.name:
+            return  # general plugins load in every process, sometimes twice
+        wrapper = functools.wraps(original)(self.make_wrapper(original))
+        wrapper.__breadcrumbs_patch__ = self.name
+        setattr(self.owner, self.method, wrapper)
+
+
+# --- wrappers ----------------------------------------------------------------------------------
+def _wrap_update_states(original):
+    def _update_states(self, scheduler_output):
+        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
+
+        state = RunnerCompression.of(self)
+        if state is not None:
+            state.sync_block_tables(scheduler_output)
+        return original(self, scheduler_output)
+    return _update_states
+
+
+def _wrap_prepare_inputs(original):
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
+        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
+
+        state = RunnerCompression.of(self)
+        if state is not None:
+            state.layout_tokens()
+        result = original(self, scheduler_output, num_scheduled_tokens)
+        if state is not None:
+            state.physical_attention(num_scheduled_tokens)
+        return result
+    return _prepare_inputs
+
+
+def _wrap_bookkeeping_sync(original):
+    def _bookkeeping_sync(self, scheduler_output, *args, **kwargs):
+        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
+
+        state = RunnerCompression.of(self)
+        if state is not None:
+            state.compact(scheduler_output)
+        return original(self, scheduler_output, *args, **kwargs)
+    return _bookkeeping_sync
+
+
+def _wrap_validate_params(original):
+    def _validate_params(self, params, supported_tasks):
+        result = original(self, params, supported_tasks)
+        from vllm.sampling_params import SamplingParams
+
+        from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+
+        model = BeaconModel.from_model_config(self.model_config)
+        if model is not None and isinstance(params, SamplingParams):
+            model.compression(0, params.extra_args)  # raises ValueError naming supported ratios
+        return result
+    return _validate_params
+
+
+def _wrap_create_engine_config(original):
+    def create_engine_config(self, *args, **kwargs):
+        if _is_beacon_checkpoint(self.model) and os.environ.get("VLLM_USE_V2_MODEL_RUNNER") != "0":
+            logger.info("breadcrumbs: beacon model %s: selecting vLLM's V1 model runner "
+                        "(VLLM_USE_V2_MODEL_RUNNER=0); the plugin's worker hooks are V1 hooks",
+                        self.model)
+            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        config = original(self, *args, **kwargs)
+        configure_beacon_engine(config)
+        return config
+    return create_engine_config
+
+
+def _is_beacon_checkpoint(model: str) -> bool:
+    from breadcrumbs_vllm.checkpoint import CheckpointError, read_breadcrumbs_config
+
+    try:
+        read_breadcrumbs_config(model)
+    except CheckpointError:
+        return False
+    return True
+
+
+def configure_beacon_engine(vllm_config: Any) -> None:
+    """Select the Breadcrumbs scheduler for beacon models; refuse what the plugin cannot serve."""
+    from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+
+    if BeaconModel.from_model_config(vllm_config.model_config) is None:
+        return
+    if vllm_config.speculative_config is not None:
+        raise ValueError("breadcrumbs: speculative decoding is not supported with beacon models")
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        raise ValueError("breadcrumbs: beacon models need the V1 model runner; "
+                         "set VLLM_USE_V2_MODEL_RUNNER=0")
+    scheduler = vllm_config.scheduler_config
+    if scheduler.scheduler_cls not in (None, SCHEDULER_CLS):
+        raise ValueError(f"breadcrumbs: beacon models need scheduler_cls={SCHEDULER_CLS}, "
+                         f"got {scheduler.scheduler_cls}")
+    scheduler.scheduler_cls = SCHEDULER_CLS
+    vllm_config.scheduler_config.async_scheduling = False
+
+
+def _params(owner: type, method: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(getattr(owner, method)).parameters)
+
+
+def all_patches() -> list[Patch]:
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    return [
+        Patch("runner-block-table-sync", GPUModelRunner, "_update_states",
+              ("self", "scheduler_output"), _wrap_update_states),
+        Patch("runner-physical-slots", GPUModelRunner, "_prepare_inputs",
+              ("self", "scheduler_output", "num_scheduled_tokens"), _wrap_prepare_inputs),
+        Patch("runner-beacon-compaction", GPUModelRunner, "_bookkeeping_sync",
+              ("self", "scheduler_output", "sampler_output", "logits", "hidden_states",
+               "num_scheduled_tokens"), _wrap_bookkeeping_sync),
+        Patch("frontend-ratio-validation", InputProcessor, "_validate_params",
+              ("self", "params", "supported_tasks"), _wrap_validate_params),
+        Patch("engine-config-beacon-scheduler", EngineArgs, "create_engine_config",
+              ("self", "usage_context", "headless"), _wrap_create_engine_config),
+    ]
+
+
+def overridden_surface() -> list[tuple[type, str, tuple[str, ...]]]:
+    """Private methods the scheduler subclasses override (not patched, but just as fragile)."""
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    return [
+        (Scheduler, "_reserve_prefill_lookahead",
+         ("self", "request", "num_computed_tokens", "num_new_tokens")),
+        (Scheduler, "_update_request_with_output",
+         ("self", "request", "new_token_ids", "is_stale")),
+        (Scheduler, "_get_local_prefix_cache_hit", ("self", "request")),
+        (Scheduler, "_free_request", ("self", "request", "delay_free_blocks")),
+        (KVCacheManager, "allocate_slots",
+         ("self", "request", "num_new_tokens", "num_new_computed_tokens", "new_computed_blocks",
+          "num_lookahead_tokens", "num_external_computed_tokens", "delay_cache_blocks",
+          "num_encoder_tokens", "full_sequence_must_fit", "reserved_blocks",
+          "has_scheduled_reqs", "skip_zeroing_group_ids")),
+    ]
+
+
+def check_surface() -> list[str]:
+    """Differences between the installed vLLM and what the plugin was written against."""
+    problems = []
+    if vllm.__version__.split("+")[0] != PINNED_VLLM:
+        problems.append(f"vllm {vllm.__version__} installed, plugin pinned to {PINNED_VLLM}")
+    expected = [(p.owner, p.method, p.params) for p in all_patches()] + overridden_surface()
+    for owner, method, params in expected:
+        current = _params(owner, method)
+        if current != params:
+            problems.append(f"{owner.__name__}.{method}{current} != {params}")
+    return problems
+
+
+def install() -> None:
+    """Check the surface, then apply every patch (idempotent)."""
+    problems = check_surface()
+    if problems:
+        raise RuntimeError("breadcrumbs plugin: unsupported vLLM surface: " + "; ".join(problems))
+    for patch in all_patches():
+        patch.apply()

@@ -1,0 +1,151 @@
+"""Scheduler side: beacon insertion into the token sequence and block accounting by physical length.
+
+``BreadcrumbsScheduler`` is selected through ``SchedulerConfig.scheduler_cls`` for beacon models
+only. It keeps ``Request.num_computed_tokens`` and the token list *logical* (beacons included,
+so positions and preemption replay come for free) and sizes KV blocks by the *physical* length
+``[prompt | beacons | current window]``, returning tail blocks to the ``BlockPool`` as soon as a
+window is evicted.
+"""
+
+from __future__ import annotations
+
+from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
+
+from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
+from breadcrumbs_vllm.vllm_plugin.metrics import CompressionMetrics
+from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+
+
+class PhysicalBlockAccountant(KVCacheManager):
+    """``KVCacheManager`` that holds compressed requests to ``ceil(physical_len / block_size)``.
+
+    vLLM's ``Scheduler`` builds its ``KVCacheManager`` itself (no factory), so the scheduler
+    re-classes its instance into this subclass and calls :meth:`attach`. Uncompressed requests and
+    prompt chunks (where physical == logical) take the stock path; every later chunk of a
+    compressed request allocates or frees exactly the blocks its physical end needs, never caches
+    (decode blocks are overwritten in place, so their logical hashes would lie) and frees tail
+    blocks to the pool at once.
+    """
+
+    compressed: dict[str, RequestCompression]
+    metrics: CompressionMetrics
+
+    def attach(self, compressed: dict[str, RequestCompression], metrics: CompressionMetrics) -> None:
+        assert self.num_kv_cache_groups == 1, "beacon models have one full-attention KV group"
+        self.compressed = compressed
+        self.metrics = metrics
+
+    @property
+    def _req_to_blocks(self) -> dict:
+        return self.coordinator.single_type_managers[0].req_to_blocks
+
+    @property
+    def kv_block_size(self) -> int:
+        return self.coordinator.single_type_managers[0].block_size
+
+    def allocate_slots(self, request: Request, num_new_tokens: int, *args, **kwargs):
+        comp = self.compressed.get(request.request_id)
+        start = request.num_computed_tokens
+        if comp is None or start < comp.prompt_len:
+            return super().allocate_slots(request, num_new_tokens, *args, **kwargs)
+        assert not kwargs.get("num_lookahead_tokens"), "speculative decoding is not supported"
+        needed = comp.blocks_needed(start, num_new_tokens, self.kv_block_size)
+        blocks = self._req_to_blocks[request.request_id]
+        if len(blocks) > needed:
+            tail = blocks[needed:]
+            del blocks[needed:]
+            self.block_pool.free_blocks(reversed(tail))
+            self.metrics.blocks_freed(comp.ratio, len(tail))
+            return self.empty_kv_cache_blocks
+        missing = needed - len(blocks)
+        if missing > self.block_pool.get_num_free_blocks():
+            return None
+        new_blocks = self.block_pool.get_new_blocks(missing)
+        blocks.extend(new_blocks)
+        return self.create_kv_cache_blocks((new_blocks,))
+
+    def blocks_held(self, request_id: str) -> int:
+        return len(self._req_to_blocks.get(request_id, ()))
+
+
+class BreadcrumbsScheduler(Scheduler):
+    """vLLM's scheduler plus the three Breadcrumbs rules it must enforce.
+
+    1. After a window's last token is sampled, the beacon goes into the request's token list
+       *before* the sampled token ``y`` (rule 2); it is not an output token, so ``max_tokens``,
+       usage and streaming never see it (rule 4).
+    2. Chunks end at the prompt's end and at every beacon (:meth:`RequestCompression.chunk_limit`),
+       so the beacon step's sample is discarded like a partial prefill's and the worker can evict
+       between the beacon and ``y``. Preemption replay is then window by window automatically.
+    3. Prefix-cache hits of compressed requests stop inside the prompt.
+    """
+
+    def __init__(self, vllm_config, *args, **kwargs) -> None:
+        super().__init__(vllm_config, *args, **kwargs)
+        beacon_model = BeaconModel.from_model_config(vllm_config.model_config)
+        assert beacon_model is not None, "BreadcrumbsScheduler serves beacon models only"
+        self.beacon_model = beacon_model
+        self.compressed: dict[str, RequestCompression] = {}
+        self.compression_metrics = CompressionMetrics.get()
+        self.kv_cache_manager.__class__ = PhysicalBlockAccountant
+        self.kv_cache_manager.attach(self.compressed, self.compression_metrics)
+
+    def add_request(self, request: Request) -> None:
+        params = request.sampling_params
+        comp = self.beacon_model.compression(
+            request.num_prompt_tokens, params.extra_args if params else None)
+        if comp is not None:
+            self.compressed[request.request_id] = comp
+        super().add_request(request)
+
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
+        num_new_tokens = super()._reserve_prefill_lookahead(
+            request, num_computed_tokens, num_new_tokens)
+        comp = self.compressed.get(request.request_id)
+        if comp is None:
+            return num_new_tokens
+        return min(num_new_tokens, comp.chunk_limit(num_computed_tokens))
+
+    def _get_local_prefix_cache_hit(self, request: Request):
+        blocks, num_hit, boundary, flag = super()._get_local_prefix_cache_hit(request)
+        comp = self.compressed.get(request.request_id)
+        block_size = self.kv_cache_manager.kv_block_size
+        max_blocks = (comp.prompt_len - 1) // block_size if comp else None
+        if comp is not None and num_hit > max_blocks * block_size:
+            blocks = KVCacheBlocks(tuple(group[:max_blocks] for group in blocks.blocks))
+            num_hit = max_blocks * block_size
+        return blocks, num_hit, boundary, flag
+
+    def _update_request_with_output(self, request, new_token_ids, is_stale=False):
+        comp = self.compressed.get(request.request_id)
+        if comp is not None and new_token_ids:
+            assert len(new_token_ids) == 1, "speculative decoding is not supported"
+            if comp.schedule.is_beacon(request.num_tokens):
+                request._all_token_ids.append(comp.beacon_id)
+                self.compression_metrics.beacon_inserted(comp.ratio)
+        return super()._update_request_with_output(request, new_token_ids, is_stale)
+
+    def _free_request(self, request: Request, *args, **kwargs):
+        result = super()._free_request(request, *args, **kwargs)
+        self.compressed.pop(request.request_id, None)
+        return result
+
+    def make_stats(self, *args, **kwargs):
+        self.compression_metrics.observe_holdings(self._holdings())
+        return super().make_stats(*args, **kwargs)
+
+    def _holdings(self) -> dict[int, tuple[int, int]]:
+        """Per ratio: (blocks held, blocks the same requests would hold uncompressed)."""
+        block_size = self.kv_cache_manager.kv_block_size
+        out: dict[int, tuple[int, int]] = {}
+        for req_id, comp in self.compressed.items():
+            request = self.requests.get(req_id)
+            held = self.kv_cache_manager.blocks_held(req_id)
+            if request is None or held == 0:
+                continue
+            uncompressed = -(-(comp.prompt_len + request.num_output_tokens) // block_size)
+            h, u = out.get(comp.ratio, (0, 0))
+            out[comp.ratio] = (h + held, u + uncompressed)
+        return out

@@ -1,0 +1,83 @@
+"""The command line as a user runs it: real subprocesses, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def breadcrumbs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "countdown-random"
+    proc = breadcrumbs("init-model", "--task", "countdown", "--layers", "2", "--hidden", "64",
+                       "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_init_model_writes_a_loadable_checkpoint(random_model):
+    config = json.loads((random_model / "config.json").read_text())
+    assert config["breadcrumbs"]["ratios"] == [2, 4, 8, 16]
+    assert config["breadcrumbs"]["task"] == "countdown"
+    assert (random_model / "model.safetensors").is_file()
+    assert (random_model / "tokenizer.json").is_file()
+
+
+def test_generate_json_reports_kv_figures(random_model):
+    proc = breadcrumbs("generate", "--model", str(random_model), "--ratio", "4", "--max-tokens",
+                       "40", "--greedy", "--json", "12+3=")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["token_ids"]) <= 40
+    assert set(out) >= {"token_ids", "text", "peak_kv_entries", "mean_kv_entries"}
+    assert out["peak_kv_entries"] <= out["prompt_tokens"] + len(out["token_ids"]) // 4 + 4 + 1
+
+
+def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
+    out = tmp_path / "results.json"
+    proc = breadcrumbs("eval", "--model", str(random_model), "--task", "countdown", "--n", "4",
+                       "--max-tokens", "24", "--ratios", "none,4,8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    settings = [r["setting"] for r in rows]
+    assert settings == ["none", "c=4", "c=8", "streaming", "streaming", "tova", "tova"]
+    for row in rows:
+        assert {"setting", "ratio", "budget", "accuracy", "mean_generated_tokens",
+                "mean_kv_entries", "peak_kv_entries"} <= set(row)
+    # Baselines run at the peak budget of the ratio they match.
+    by = {(r["setting"], r["ratio"]): r for r in rows}
+    assert by[("streaming", 8)]["budget"] == pytest.approx(by[("c=8", 8)]["peak_kv_entries"])
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--model", "{model}", "--task", "sudoku"], "unknown task"),
+    (["generate", "--model", "{model}", "--ratio", "0", "x"], "ratio 0"),
+    (["generate", "--model", "{model}", "--ratio", "-3", "x"], "ratio"),
+    (["generate", "--model", "{model}", "--ratio", "2.5", "x"], "ratio"),
+    (["generate", "--model", "{model}", "--ratio", "32", "x"], "not supported"),
+    (["generate", "--model", "/nonexistent/model", "x"], "does not exist"),
+    (["generate", "--model", "{plain}", "x"], "no 'breadcrumbs' block"),
+    (["eval", "--model", "{model}", "--baselines", "h2o"], "unknown baseline"),
+])
+def test_bad_input_gets_one_line_error(random_model, tmp_path, args, message):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    config = json.loads((random_model / "config.json").read_text())
+    del config["breadcrumbs"]
+    (plain / "config.json").write_text(json.dumps(config))
+    proc = breadcrumbs(*[a.format(model=random_model, plain=plain) for a in args])
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,0 +1,87 @@
+"""Plugin pieces that need no engine: the patch surface, ratio resolution, chunk/block rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
+from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.vllm_plugin import patches
+from breadcrumbs_vllm.vllm_plugin.compression import (
+    RequestCompression,
+    cdiv,
+    resolve_ratio,
+)
+from breadcrumbs_vllm.vllm_plugin.offline import kv_figures
+
+
+def test_patched_surface_matches_pinned_vllm():
+    assert patches.check_surface() == []
+
+
+def test_install_is_idempotent_and_names_each_patch():
+    patches.install()
+    patches.install()
+    for patch in patches.all_patches():
+        method = getattr(patch.owner, patch.method)
+        assert method.__breadcrumbs_patch__ == patch.name
+        assert getattr(method.__wrapped__, "__breadcrumbs_patch__", None) is None
+
+
+def test_resolve_ratio_default_none_and_unsupported():
+    bc = BreadcrumbsConfig(beacon_token_id=4, ratios=[2, 4, 8, 16], default_ratio=8)
+    assert resolve_ratio(None, bc) == 8
+    assert resolve_ratio({"compression_ratio": None}, bc) is None
+    assert resolve_ratio({"compression_ratio": "4"}, bc) == 4
+    with pytest.raises(ValueError, match="supported: 2, 4, 8, 16"):
+        resolve_ratio({"compression_ratio": 32}, bc)
+
+
+@pytest.mark.parametrize("prompt_len,ratio", [(5, 2), (33, 4), (64, 16)])
+def test_chunks_end_at_prompt_and_beacons_and_slots_are_contiguous(prompt_len, ratio):
+    comp = RequestCompression(BeaconSchedule(prompt_len, ratio), beacon_id=4)
+    position = 0
+    while position < prompt_len + 10 * (ratio + 1):
+        limit = comp.chunk_limit(position)
+        end = position + limit - 1
+        assert end == prompt_len - 1 or comp.schedule.is_beacon(end)
+        slots = [comp.schedule.physical_index(i) for i in range(position, end + 1)]
+        assert slots == list(range(comp.physical_start(position), slots[0] + limit))
+        position += limit
+
+
+def test_blocks_needed_is_the_rule5_peak_at_a_beacon():
+    comp = RequestCompression(BeaconSchedule(40, 8), beacon_id=4)
+    for n in range(1, 200):  # beacon after n = 8k generated tokens: logical index of that beacon
+        if n % 8:
+            continue
+        beacon = comp.prompt_len + n + n // 8 - 1
+        assert comp.schedule.is_beacon(beacon)
+        assert comp.blocks_needed(beacon, 1, 32) == cdiv(40 + n // 8 + 8, 32)
+
+
+def test_kv_figures_match_the_spec():
+    figures = kv_figures(10, 4, 21)
+    schedule = BeaconSchedule(10, 4)
+    assert figures["peak_kv_entries"] == schedule.peak_kv_entries(20)
+    assert figures["num_beacons"] == schedule.num_beacons_fed(20)
+
+
+def test_stock_models_keep_the_stock_scheduler(tmp_path, tiny_checkpoint):
+    from vllm.engine.arg_utils import EngineArgs
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (plain / f.name).write_bytes(f.read_bytes())
+    config = json.loads((plain / "config.json").read_text())
+    del config["breadcrumbs"]
+    (plain / "config.json").write_text(json.dumps(config))
+    stock = EngineArgs(model=str(plain), dtype="float32").create_engine_config()
+    beacon = EngineArgs(model=str(tiny_checkpoint), dtype="float32").create_engine_config()
+    assert "breadcrumbs" not in str(stock.scheduler_config.scheduler_cls)
+    assert beacon.scheduler_config.scheduler_cls == patches.SCHEDULER_CLS

@@ -1,0 +1,119 @@
+"""The reference engine obeys the spec's rules 1-5 exactly (it is the oracle for everything else)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine, StreamingLLM, TOVA, make_policy
+from breadcrumbs_vllm.spec import BeaconSchedule
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return ReferenceEngine(*tiny_model)
+
+
+def _prompt(n: int, seed: int = 0) -> list[int]:
+    return [int(t) for t in torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(seed))]
+
+
+@pytest.mark.parametrize("ratio", [None, 2, 3, 8])
+@pytest.mark.parametrize("prompt_len", [1, 5, 9])
+def test_kv_accounting_follows_rule_5(engine, ratio, prompt_len):
+    n = 37
+    res = engine.generate([GenerationRequest(_prompt(prompt_len), ratio=ratio, max_tokens=n,
+                                             ignore_eos=True)])[0]
+    sched = BeaconSchedule(prompt_len, ratio)
+    fed = n - 1  # the last generated token is never fed
+    assert len(res.token_ids) == n
+    assert res.num_beacons == sched.num_beacons_fed(fed)
+    # One KV measurement after the prefill and after every fed token or beacon.
+    expected = [prompt_len] + [sched.kv_len_after_feeding(i)
+                               for i in range(prompt_len, sched.logical_len(fed))]
+    assert res.kv_trace == expected
+    assert res.peak_kv_entries == sched.peak_kv_entries(fed)
+    if ratio is not None:
+        assert res.peak_kv_entries <= prompt_len + fed // ratio + ratio + 1
+
+
+def test_batch_mixing_ratios_equals_one_by_one(engine):
+    requests = [GenerationRequest(_prompt(p, p), ratio=r, max_tokens=50, ignore_eos=True)
+                for p, r in [(3, None), (7, 2), (4, 4), (11, 16)]]
+    together = engine.generate(requests)
+    for request, res in zip(requests, together):
+        assert engine.generate([request])[0].token_ids == res.token_ids
+
+
+def test_compression_changes_the_output(engine):
+    """Eviction is real: the same prompt decodes differently with and without beacons."""
+    plain, compressed = engine.generate([
+        GenerationRequest(_prompt(6), ratio=None, max_tokens=40, ignore_eos=True),
+        GenerationRequest(_prompt(6), ratio=2, max_tokens=40, ignore_eos=True),
+    ])
+    assert plain.token_ids != compressed.token_ids
+
+
+def test_beacon_never_returned(engine, tiny_model):
+    beacon = tiny_model[2].beacon_token_id
+    res = engine.generate([GenerationRequest(_prompt(5), ratio=2, max_tokens=60, ignore_eos=True,
+                                             temperature=1.0, seed=3)])[0]
+    assert res.num_beacons > 0
+    assert len(res.token_ids) == 60
+
+
+def test_stop_token_ends_generation_without_beacon(engine):
+    """Rule 4: stop conditions work as without compression; the stop token is the last output."""
+    base = engine.generate([GenerationRequest(_prompt(4), ratio=4, max_tokens=30, ignore_eos=True)])[0]
+    stop_at = base.token_ids[9]
+    first = base.token_ids.index(stop_at)
+    res = engine.generate([GenerationRequest(_prompt(4), ratio=4, max_tokens=30,
+                                             stop_token_ids=[stop_at])])[0]
+    assert res.finish_reason == "stop"
+    assert res.token_ids == base.token_ids[: first + 1]
+    assert res.num_beacons == BeaconSchedule(4, 4).num_beacons_fed(first)
+
+
+def test_max_tokens_counts_generated_tokens_only(engine):
+    res = engine.generate([GenerationRequest(_prompt(4), ratio=2, max_tokens=7, ignore_eos=True)])[0]
+    assert len(res.token_ids) == 7 and res.finish_reason == "length" and res.num_beacons == 2
+
+
+def test_sampling_is_seeded(engine):
+    req = lambda seed: GenerationRequest(_prompt(4), ratio=4, max_tokens=30, ignore_eos=True,  # noqa: E731
+                                         temperature=1.0, top_p=0.9, seed=seed)
+    a, b, c = engine.generate([req(1), req(1), req(2)])
+    assert a.token_ids == b.token_ids != c.token_ids
+
+
+@pytest.mark.parametrize("policy_cls", [StreamingLLM, TOVA])
+def test_baselines_hold_the_budget_and_keep_the_prompt(engine, policy_cls):
+    budget = 12
+    res = engine.generate([GenerationRequest(_prompt(8), max_tokens=40, ignore_eos=True,
+                                             policy=policy_cls(budget))])[0]
+    # Measured right after each forward: one new entry, then eviction back to the budget.
+    assert res.peak_kv_entries == budget + 1
+    assert res.kv_trace[-10:] == [budget + 1] * 10
+    # Below the prompt length, a budget keeps the prompt (rule 1 holds for baselines too).
+    res = engine.generate([GenerationRequest(_prompt(8), max_tokens=10, ignore_eos=True,
+                                             policy=policy_cls(3))])[0]
+    assert res.kv_trace == [8] + [9] * 9
+
+
+def test_streaming_keeps_the_most_recent_entries():
+    evicted = StreamingLLM(budget=6).select(kv_len=9, prompt_len=2, attention=None)
+    assert evicted.tolist() == [2, 3, 4]
+
+
+def test_tova_evicts_the_least_attended_generated_entry():
+    attention = torch.tensor([[0.5, 0.2, 0.01, 0.09, 0.2], [0.3, 0.3, 0.05, 0.05, 0.3]])
+    assert TOVA(budget=4).select(kv_len=5, prompt_len=1, attention=attention).tolist() == [2]
+
+
+def test_bad_requests_fail_clearly(engine):
+    with pytest.raises(ValueError, match="ratio"):
+        engine.generate([GenerationRequest([5, 6], ratio=1)])
+    with pytest.raises(ValueError, match="either"):
+        engine.generate([GenerationRequest([5, 6], ratio=4, policy=StreamingLLM(8))])
+    with pytest.raises(ValueError, match="unknown baseline"):
+        make_policy("h2o", 8)

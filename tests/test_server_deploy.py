@@ -1,0 +1,60 @@
+"""The deployment files parse, wire up to each other, and chart only metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client import REGISTRY
+
+import server.metrics  # noqa: F401 -- registers the gateway metrics
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _gateway_sample_names() -> set[str]:
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        names.update(f"{family.name}{suffix}" for suffix in ("_total", "_bucket", "_count", "_sum"))
+    return names
+
+
+def test_dashboard_queries_use_existing_metrics():
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/breadcrumbs.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    for needed in ("KV cache usage", "blocks saved", "latency"):
+        assert needed in titles
+    known = _gateway_sample_names()
+    used = {m for e in exprs for m in re.findall(r"breadcrumbs_gateway_\w+", e)}
+    assert used and used <= known, used - known
+    assert all(p["datasource"]["uid"] == "prometheus" for p in dashboard["panels"])
+
+
+def test_compose_prometheus_and_grafana_are_wired():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert {"gateway", "prometheus", "grafana"} <= set(compose["services"])
+    assert all(port.startswith("127.0.0.1:") for svc in compose["services"].values()
+               for port in svc.get("ports", []))
+    prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8000"]
+    source = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert source["datasources"][0]["uid"] == "prometheus"
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert any(m.endswith(":" + provider["providers"][0]["options"]["path"] + ":ro")
+               for m in mounts)
+
+
+def test_k8s_probes_hit_real_endpoints():
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s/gateway.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    env = {e["name"] for e in container["env"]}
+    assert {"BREADCRUMBS_HOST", "BREADCRUMBS_API_KEYS"} <= env

@@ -1,0 +1,277 @@
+"""Task families: solver traces verify, corrupted answers do not, verifiers are total functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from breadcrumbs_vllm.tasks import TASKS, get_task
+from breadcrumbs_vllm.tasks.base import MAX_ANSWER_CHARS, Problem, final_answer, parse_int
+from breadcrumbs_vllm.tasks.countdown import apply_op, evaluate
+from breadcrumbs_vllm.tokenizer import ALPHABET
+
+NAMES = sorted(TASKS)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def one(name: str, seed: int, **knobs) -> Problem:
+    return get_task(name, **knobs).problems(1, seed)[0]
+
+
+def with_answer(trace: str, answer: str) -> str:
+    """The trace with its final line replaced by ``Answer: <answer>``."""
+    return trace.rsplit("\n", 1)[0] + f"\nAnswer: {answer}"
+
+
+# --- properties every task shares -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(seed=seeds)
+def test_solver_trace_verifies_and_prompt_is_clean(name, seed):
+    task = get_task(name)
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    assert task.verify(problem, trace) == 1.0
+    assert trace.splitlines()[-1].startswith("Answer: ")
+    for text in (problem.prompt, trace):
+        assert set(text) <= set(ALPHABET), "outside the char-level tokenizer's alphabet"
+    assert "\n" not in problem.prompt and len(problem.prompt) < 120
+    assert json.loads(json.dumps(problem.data)) == problem.data
+
+
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(seed=seeds, data=st.data())
+def test_truncated_trace_scores_zero(name, seed, data):
+    task = get_task(name)
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    cut = data.draw(st.integers(0, trace.rindex("\nAnswer:")))
+    assert task.verify(problem, trace[:cut]) == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(seed=seeds, junk=st.text(max_size=300))
+def test_verifier_never_raises_on_arbitrary_text(name, seed, junk):
+    task = get_task(name)
+    problem = task.problems(1, seed)[0]
+    for completion in (junk, f"Answer: {junk}", f"{task.solve(problem)}\nAnswer:{junk}"):
+        assert task.verify(problem, completion) in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("garbage", [
+    "", "Answer:", "Answer: ", "Answer: \n", "no answer here", "Answer: 9" * 50,
+    "Answer: " + "9" * 5000, "Answer: " + "(" * 3000, "Answer: 9**9**9**9", "Answer: 1/0",
+    "Answer: x=1e9, y=nan, z=inf", "Answer: \u0663,\u0664", "Answer: ,,,", "Answer: x==1",
+    "Answer: " + "1," * 90, "Answer: " + "x=" + "1" * 300,
+])
+def test_garbage_scores_zero(name, garbage):
+    task = get_task(name)
+    assert task.verify(task.problems(1, 0)[0], garbage) == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_is_deterministic_per_seed(name):
+    task = get_task(name)
+    assert task.problems(20, 7) == task.problems(20, 7)
+    assert task.problems(20, 7) != task.problems(20, 8)
+
+
+def test_final_answer_takes_the_last_answer_line():
+    assert final_answer("Answer: 1\nmore\nAnswer:  2 \nafter") == "2"
+    assert final_answer("no answer") is None
+    assert final_answer("Answer:") == ""
+    assert final_answer("Answer: " + "1" * (MAX_ANSWER_CHARS + 1)) is None
+
+
+def test_parse_int_is_ascii_and_bounded():
+    assert parse_int(" -12 ") == -12 and parse_int("+3") == 3
+    for bad in ("", "1e3", "1.0", "\u0663", "9" * 10, "--1", "1 2"):
+        assert parse_int(bad) is None
+
+
+def test_registry_rejects_unknown_names_and_knobs():
+    with pytest.raises(ValueError, match="unknown task 'x'; known: countdown, linsys, stargraph"):
+        get_task("x")
+    with pytest.raises(ValueError, match="linsys"):
+        get_task("linsys", nonsense=1)
+
+
+# --- Countdown ---------------------------------------------------------------------------------
+
+STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)(?: (x|\[[\d ]+\]))?")
+
+
+def replay(numbers: list[int], target: int, trace: str) -> None:
+    """Re-run a Countdown trace as a depth-first search: every step is legal in the current
+    state, every ``back`` returns to the state it names, and the last step makes the target."""
+    stack = [Counter(numbers)]
+    lines = trace.splitlines()
+    for line in lines[:-2]:
+        if line.startswith("back ["):
+            stack.pop()
+            assert Counter(map(int, line[6:-1].split())) == stack[-1]
+            continue
+        a, op, b, r, tail = STEP.fullmatch(line).groups()
+        a, b, r, state = int(a), int(b), int(r), stack[-1]
+        assert state[a] and state[b] and (a != b or state[a] >= 2) and a >= b
+        assert apply_op(a, op, b) == r
+        after = state - Counter([a, b]) + Counter([r])
+        if tail == "x":
+            assert sum(after.values()) == 1 and r != target
+        else:
+            assert tail and Counter(map(int, tail[1:-1].split())) == after
+            stack.append(after)
+    a, op, b, r, tail = STEP.fullmatch(lines[-2]).groups()
+    assert tail is None and int(r) == target == apply_op(int(a), op, int(b))
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_countdown_trace_is_a_depth_first_search(seed):
+    task = get_task("countdown")
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    replay(problem.data["numbers"], problem.data["target"], trace)
+    assert trace.count("\nback [") >= 1  # default min_backtracks
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_countdown_corrupted_answers_score_zero(seed):
+    task = get_task("countdown")
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    expr = final_answer(trace)
+    numbers = problem.data["numbers"]
+    absent = max(numbers) + 1
+    used = Counter(map(int, re.findall(r"\d+", expr)))
+    unused = Counter(numbers) - used
+    first = re.match(r"\(*(\d+)", expr).group(1)
+    corrupted = [
+        expr.replace(first, str(absent), 1),  # a number that was not given
+        f"{expr}=" + str(problem.data["target"]),
+        str(problem.data["target"]),
+    ]
+    if unused[int(first)] < 2:
+        corrupted.append(f"({expr})*{first}/{first}")  # same value, a number used too often
+    if unused:
+        corrupted.append(f"{expr}+{next(iter(unused))}")  # uses legal numbers, wrong value
+    for answer in corrupted:
+        assert task.verify(problem, with_answer(trace, answer)) == 0.0, answer
+    assert task.verify(problem, with_answer(trace, " ".join(expr))) == 1.0  # spaces are fine
+
+
+@pytest.mark.parametrize("expr,numbers,value", [
+    ("2*7/2", [7, 2, 2], 7),
+    ("7/2*2", [7, 2, 2], None),  # 7/2 is not exact
+    ("7*(2/2)", [7, 2, 2], 7),
+    ("3/(5-5)", [5, 5, 3], None),  # division by zero
+    ("5-5-3", [5, 5, 3], -3),  # negative integers are integers
+    ("-3+5", [5, 3], None),  # no unary minus
+    ("3**5", [3, 5], None),
+    ("(3+5", [3, 5], None),
+    ("3+5)", [3, 5], None),
+    ("3+5", [3], None),
+    ("03+5", [3, 5], None),
+    ("", [3], None),
+    ("()", [3], None),
+    ("3 + 5", [3, 5], 8),
+])
+def test_countdown_evaluator(expr, numbers, value):
+    assert evaluate(expr, numbers) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="0123456789+-*/() ", max_size=120),
+       numbers=st.lists(st.integers(0, 99), min_size=1, max_size=6))
+def test_countdown_evaluator_is_total_on_its_own_alphabet(text, numbers):
+    value = evaluate(text, numbers)
+    assert value is None or isinstance(value, int)
+
+
+def test_countdown_knobs_change_the_problems():
+    base = one("countdown", 3)
+    five = one("countdown", 3, count=5, low=30, high=60, target_range=(100, 300))
+    assert len(base.data["numbers"]) == 4 and len(five.data["numbers"]) == 5
+    assert all(30 <= n <= 60 for n in five.data["numbers"])
+    assert 100 <= five.data["target"] <= 300
+    easy = get_task("countdown", min_backtracks=0)
+    assert any("back" not in easy.solve(p) for p in easy.problems(20, 0))
+
+
+# --- LinSys ------------------------------------------------------------------------------------
+
+def linsys_solution(trace: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"([xyz])=(-?\d+)", final_answer(trace))}
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_linsys_answers(seed):
+    task = get_task("linsys")
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    sol = linsys_solution(trace)
+    good = [", ".join(f"{k}={v}" for k, v in reversed(sol.items())),
+            " , ".join(f"{k} = {v}" for k, v in sol.items()),
+            ",".join(f"{k}={v:+d}" for k, v in sol.items())]
+    for answer in good:
+        assert task.verify(problem, with_answer(trace, answer)) == 1.0, answer
+    wrong = {**sol, "y": sol["y"] + 1}
+    bad = [", ".join(f"{k}={v}" for k, v in wrong.items()),
+           ", ".join(f"{k}={v}" for k, v in list(sol.items())[:2]),  # an unknown missing
+           ", ".join(f"{k}={v}" for k, v in sol.items()) + ", x=" + str(sol["x"]),  # repeated
+           ", ".join(f"{k}={v}" for k, v in sol.items()) + ", w=0",
+           " ".join(f"{k}={v}" for k, v in sol.items())]  # no separators
+    for answer in bad:
+        assert task.verify(problem, with_answer(trace, answer)) == 0.0, answer
+
+
+def test_linsys_knobs_change_the_problems():
+    two = get_task("linsys", unknowns=2, coef_max=2, value_max=3).problems(30, 0)
+    assert all(len(p.data["matrix"]) == 2 and "z" not in p.prompt for p in two)
+    assert all(abs(c) <= 2 for p in two for row in p.data["matrix"] for c in row)
+    assert all(len(one("linsys", s).data["matrix"]) == 3 for s in range(5))
+
+
+# --- StarGraph ---------------------------------------------------------------------------------
+
+@SETTINGS
+@given(seed=seeds)
+def test_stargraph_answers(seed):
+    task = get_task("stargraph")
+    problem = task.problems(1, seed)[0]
+    trace = task.solve(problem)
+    path = [int(v) for v in final_answer(trace).split(",")]
+    assert path[0] == problem.data["centre"] and path[-1] == problem.data["target"]
+    assert task.verify(problem, with_answer(trace, " , ".join(map(str, path)))) == 1.0
+    other_leaf = next(v for _, v in problem.data["edges"]
+                      if v != path[-1] and all(u != v for u, _ in problem.data["edges"]))
+    bad = [path[::-1], path[1:], path[:-1], path + [path[-1]], path[:-1] + [other_leaf],
+           [*path[:2], path[2] + 1000, *path[3:]]]
+    for wrong in bad:
+        assert task.verify(problem, with_answer(trace, ",".join(map(str, wrong)))) == 0.0, wrong
+    arms = trace.splitlines()[:-1]
+    assert all(line.endswith(" x") for line in arms[:-1]) and not arms[-1].endswith(" x")
+
+
+def test_stargraph_knobs_change_the_problems():
+    p = one("stargraph", 0, arms=5, length=2, max_node=20)
+    assert len(p.data["edges"]) == 10
+    assert all(0 <= n <= 20 for e in p.data["edges"] for n in e)
+    assert len(final_answer(get_task("stargraph", arms=5, length=2).solve(p)).split(",")) == 3
+
+
+def test_countdown_knobs_no_problem_fits_fail_loudly():
+    with pytest.raises(ValueError, match="no countdown problem"):
+        get_task("countdown", count=2, low=1, high=1).problems(1, 0)

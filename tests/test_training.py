@@ -1,0 +1,105 @@
+"""Smoke test of ``breadcrumbs train``: each stage trains a few steps on a tiny model, its loss
+falls, its checkpoint round-trips, and a paused run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
+from breadcrumbs_vllm.cli import main
+from breadcrumbs_vllm.training.losses import distill_kl, group_advantages
+from breadcrumbs_vllm.training.mask import build_beacon_batch
+from breadcrumbs_vllm.training.config import TrainConfig
+from breadcrumbs_vllm.training.trainer import STATE_FILE, Run
+
+TINY = ["--seed", "0", "--rl-problems", "2", "--group", "2", "--max-tokens", "16",
+        "--eval-n", "2", "--threads", "2"]
+
+
+def log_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "training_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "teacher"
+    args = ["train", "teacher", "--out", str(out), "--layers", "1", "--hidden", "64",
+            "--sft-steps", "30", "--sft-batch", "8", "--lr", "3e-3", "--rl-steps", "2",
+            "--eval-every", "100", *TINY]
+    assert main([*args, "--max-minutes", "0"]) == 0  # paused before the first step
+    assert log_of(out) == [] and (out / STATE_FILE).is_file()
+    assert main(["train", "teacher", "--out", str(out), "--resume"]) == 0
+    return out
+
+
+def test_teacher_sft_loss_falls_and_rl_runs(teacher: Path) -> None:
+    log = log_of(teacher)
+    assert [row["step"] for row in log] == list(range(1, 33))
+    sft = [row["sft_loss"] for row in log if "sft_loss" in row]
+    assert sum(sft[-5:]) / 5 < sum(sft[:5]) / 5 - 0.5
+    rl = [row for row in log if "reward" in row]
+    assert len(rl) == 2 and all(0.0 <= row["reward"] <= 1.0 for row in rl)
+    assert "acc" in log[-1]  # the last step always evaluates
+
+
+def test_student_joint_distils_and_round_trips(teacher: Path) -> None:
+    out = teacher.parent / "student"
+    assert main(["train", "student", "--teacher", str(teacher), "--out", str(out),
+                 "--ratios", "2,4", "--rl-steps", "6", "--distill-lr", "1e-2",
+                 "--eval-every", "100", *TINY]) == 0
+    assert len([row["kl"] for row in log_of(out)]) == 6
+    bc = read_breadcrumbs_config(out)
+    assert bc.ratios == [2, 4] and bc.teacher == "../student-teacher"
+    assert (out.parent / "student-teacher" / "config.json").is_file()  # the co-trained teacher
+    model, _, _ = load_checkpoint(out)
+    teacher_model, _, _ = load_checkpoint(teacher)
+    beacon = bc.beacon_token_id
+    emb = model.get_input_embeddings().weight
+    assert not torch.allclose(emb, teacher_model.get_input_embeddings().weight)
+    assert torch.isfinite(emb[beacon]).all()
+    # A second run with the same seed writes the same weights: the run is reproducible.
+    again = teacher.parent / "student-again"
+    assert main(["train", "student", "--teacher", str(teacher), "--out", str(again),
+                 "--ratios", "2,4", "--rl-steps", "2", "--distill-lr", "1e-2", "--sequential",
+                 "--eval-every", "100", *TINY]) == 0
+    assert main(["train", "student", "--teacher", str(teacher), "--out", str(again), "--resume"]) == 0
+    assert not (teacher.parent / "student-again-teacher").exists()  # sequential: teacher frozen
+
+
+def test_student_kl_falls_on_a_fixed_rollout_batch(teacher: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(stage="student", teacher=str(teacher), ratios=[2, 4], rl_steps=1,
+                      rl_problems=2, group=2, max_tokens=24, distill_lr=1e-3, sequential=True)
+    run = Run(cfg, tmp_path / "student")
+    with torch.no_grad():  # a beacon that disrupts the cache, so there is something to learn
+        torch.manual_seed(0)
+        run.student.get_input_embeddings().weight[run.bc.beacon_token_id] = torch.randn(64)
+    rollouts = run.sample(run.task.problems(2, 7))
+    kl = [run.student_step(rollouts)["kl"] for _ in range(8)]
+    assert kl[-1] < 0.7 * kl[0]
+
+
+def test_existing_run_needs_resume(teacher: Path, capsys) -> None:
+    assert main(["train", "teacher", "--out", str(teacher), "--sft-steps", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_distill_kl_ignores_beacons_and_is_zero_for_equal_models() -> None:
+    torch.manual_seed(0)
+    teacher = build_beacon_batch([[1, 2]], [[3, 4, 5, 6, 7]], [None], beacon_id=9, pad_id=0)
+    student = build_beacon_batch([[1, 2]], [[3, 4, 5, 6, 7]], [2], beacon_id=9, pad_id=0)
+    t_logits = torch.randn(1, teacher.labels.shape[1], 10)
+    s_logits = torch.randn(1, student.labels.shape[1], 10)
+    # Put the teacher's distributions at the student's non-beacon predicting positions.
+    s_logits[student.labels != -100] = t_logits[teacher.labels != -100]
+    assert distill_kl(s_logits, student.labels, t_logits, teacher.labels).abs() < 1e-5
+    s_logits[student.is_beacon] = 100.0  # beacon outputs are ignored
+    assert distill_kl(s_logits, student.labels, t_logits, teacher.labels).abs() < 1e-5
+
+
+def test_group_advantages_are_relative_within_groups() -> None:
+    adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), group=2)
+    assert adv[0] > 0 > adv[1] and adv[2] == adv[3] == 0
