@@ -4,6 +4,14 @@ Why character level: the reasoning tasks are arithmetic and graph traces over a 
 tiny model learns them faster without merges, and every generated character is one token, which
 makes "KV entries" easy to reason about. The special tokens follow Qwen's chat format so that
 vLLM's chat template handling works unchanged.
+
+Why byte-level symbols (space stored as ``Ġ``, newline as ``Ċ``): transformers 5 loads the
+tokenizer of any ``model_type: qwen2`` checkpoint as ``Qwen2Tokenizer``, whatever
+``tokenizer_config.json`` says, and that class rebuilds the pipeline around the vocabulary --
+NFC, Qwen's split regex, a byte-level pre-tokenizer and decoder, unknown characters dropped.
+vLLM and the gateway load tokenizers that way (``AutoTokenizer``). So the tokenizer is built with
+exactly that pipeline: with no merges, one character is one token on every path, and
+:func:`build_tokenizer` and :func:`load_tokenizer` agree on every string (a test holds them to it).
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers import PreTrainedTokenizerFast
 
 PAD = "<|pad|>"
@@ -33,13 +42,25 @@ CHAT_TEMPLATE = (
 )
 
 
+#: Qwen2's pre-tokenizer split (transformers' ``PRETOKENIZE_REGEX``); with no merges it cannot
+#: change which tokens a string becomes, but keeping it makes the pipeline identical.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the project tokenizer: special tokens first (stable ids), then one id per character."""
+    byte_symbol = bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in ALPHABET:
-        vocab[ch] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
-    core.decoder = decoders.Fuse()
+        vocab[byte_symbol[ord(ch)]] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, fuse_unk=False))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=core,

@@ -85,3 +85,41 @@ def test_stock_models_keep_the_stock_scheduler(tmp_path, tiny_checkpoint):
     beacon = EngineArgs(model=str(tiny_checkpoint), dtype="float32").create_engine_config()
     assert "breadcrumbs" not in str(stock.scheduler_config.scheduler_cls)
     assert beacon.scheduler_config.scheduler_cls == patches.SCHEDULER_CLS
+
+
+def test_stats_travel_in_scheduler_stats_and_are_removed_before_vllm_sees_them():
+    """EngineCore counts -> SchedulerStats (msgpack round trip) -> the front end's stat logger."""
+    from prometheus_client import REGISTRY
+    from vllm.v1.metrics.stats import SchedulerStats
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger, CompressionStats
+
+    stats = CompressionStats()
+    for _ in range(3):
+        stats.beacon_inserted(8)
+    stats.blocks_freed(8, 2)
+    stats.holdings = {8: (3, 10)}
+    step = SchedulerStats(kv_connector_stats={"some_connector": {"x": 1}})
+    stats.attach(step)
+    shipped = MsgpackDecoder(SchedulerStats).decode(MsgpackEncoder().encode(step))
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"ratio": "8"}) or 0.0
+
+    before = sample("breadcrumbs_beacons_inserted_total")
+    BreadcrumbsStatLogger(vllm_config=None).record(shipped, None)
+    assert sample("breadcrumbs_beacons_inserted_total") - before == 3
+    assert sample("breadcrumbs_kv_blocks_held") == 3
+    assert sample("breadcrumbs_kv_blocks_saved") == 7
+    assert shipped.kv_connector_stats == {"some_connector": {"x": 1}}  # vLLM's own data untouched
+    assert stats.drain()["beacons"] == {}  # counts since the last drain were reset
+    assert stats.totals["evicted"][8] == 24
+
+
+def test_stat_logger_is_registered_as_a_vllm_plugin():
+    from vllm.plugins import STAT_LOGGER_PLUGINS_GROUP, load_plugins_by_group
+
+    from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
+
+    assert load_plugins_by_group(STAT_LOGGER_PLUGINS_GROUP)["breadcrumbs"] is BreadcrumbsStatLogger

@@ -76,8 +76,8 @@ class Run:
         self.task = get_task(cfg.task)
         self.step = 0
         self.log: list[dict] = []
-        # Built, not loaded: with transformers 5, AutoTokenizer on a qwen2 folder yields a
-        # byte-level Qwen2Tokenizer that drops spaces, which would corrupt every trace.
+        # The project tokenizer; a checkpoint's loaded tokenizer gives the same ids
+        # (tests/test_tokenizer.py), so what is trained is what vLLM serves.
         self.tokenizer = build_tokenizer()
         resume = (out / STATE_FILE).is_file()
         if cfg.stage == "teacher":

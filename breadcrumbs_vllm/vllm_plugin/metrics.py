@@ -1,51 +1,141 @@
-"""Engine-side Prometheus metrics of the plugin, in prometheus_client's default registry.
+"""The plugin's Prometheus metrics: counted in the scheduler, exported by a vLLM stat logger.
 
-vLLM's ``/metrics`` serves the default registry, and so does the gateway in embedded mode, so
-these appear next to ``vllm:*``. The ``ratio`` label takes only the ratios a model supports
-(bounded cardinality). They are updated in the scheduler's process, so they are served only when
-the EngineCore runs in the serving process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); forwarding
-them from a separate EngineCore process through ``SchedulerStats`` is not implemented yet.
+The scheduler runs in vLLM's EngineCore process, which is a separate process behind
+``AsyncLLM`` and vLLM's OpenAI server, while ``/metrics`` is served by the front-end process. So
+the two halves are split the way vLLM splits its own metrics:
+
+* :class:`CompressionStats` (EngineCore) counts beacons, evictions and freed blocks per ratio and
+  snapshots the blocks held; :meth:`CompressionStats.attach` puts the counts since the last step
+  into the step's ``SchedulerStats`` -- the object vLLM already ships to the front end after every
+  step -- under the ``kv_connector_stats`` dict's ``"breadcrumbs"`` key (``SchedulerStats`` has no
+  free-form field, and a subclass would not survive vLLM's msgpack decoding).
+* :class:`BreadcrumbsStatLogger` (front end) is registered under vLLM's
+  ``vllm.stat_logger_plugins`` entry point, so ``AsyncLLM`` and vLLM's OpenAI server load it with
+  no user code. vLLM runs plugin loggers before its own, so it removes its payload before vLLM's
+  connector metrics look at that dict, and turns it into ``breadcrumbs_*`` metrics in the default
+  registry that ``/metrics`` serves.
+
+The ``ratio`` label only takes the ratios a model supports (bounded cardinality).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any
+
+PAYLOAD_KEY = "breadcrumbs"
 
 
-class CompressionMetrics:
-    """One set of ``breadcrumbs_*`` metrics per process (prometheus names must be unique)."""
+@dataclass
+class CompressionStats:
+    """Engine-side compression counts since the last drain, plus the current block holdings."""
 
-    _instance: CompressionMetrics | None = None
+    beacons: Tally[int] = field(default_factory=Tally)
+    evicted: Tally[int] = field(default_factory=Tally)
+    freed: Tally[int] = field(default_factory=Tally)
+    #: ``{ratio: (blocks held, blocks the same requests would hold uncompressed)}``, last step.
+    holdings: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Running totals since start-up, for in-process readers (tests, the benchmark).
+    totals: dict[str, Tally[int]] = field(
+        default_factory=lambda: {"beacons": Tally(), "evicted": Tally(), "freed": Tally()})
+
+    def beacon_inserted(self, ratio: int) -> None:
+        self._count("beacons", ratio, 1)
+        self._count("evicted", ratio, ratio)
+
+    def blocks_freed(self, ratio: int, count: int) -> None:
+        self._count("freed", ratio, count)
+
+    def _count(self, name: str, ratio: int, amount: int) -> None:
+        getattr(self, name)[ratio] += amount
+        self.totals[name][ratio] += amount
+
+    def drain(self) -> dict[str, Any]:
+        """The counts since the last drain (then reset) and the holdings, as plain data."""
+        payload = {name: {str(r): n for r, n in getattr(self, name).items()}
+                   for name in ("beacons", "evicted", "freed")}
+        payload["holdings"] = {str(r): list(pair) for r, pair in self.holdings.items()}
+        self.beacons.clear()
+        self.evicted.clear()
+        self.freed.clear()
+        return payload
+
+    def attach(self, scheduler_stats: Any) -> None:
+        """Ship :meth:`drain` to the front end inside this step's ``SchedulerStats``."""
+        carried = dict(scheduler_stats.kv_connector_stats or {})
+        carried[PAYLOAD_KEY] = self.drain()
+        scheduler_stats.kv_connector_stats = carried
+
+
+def take_payload(scheduler_stats: Any) -> dict[str, Any] | None:
+    """Remove and return the plugin's payload, leaving ``kv_connector_stats`` as vLLM made it."""
+    carried = scheduler_stats.kv_connector_stats
+    if not carried or PAYLOAD_KEY not in carried:
+        return None
+    rest = {k: v for k, v in carried.items() if k != PAYLOAD_KEY}
+    scheduler_stats.kv_connector_stats = rest or None
+    return carried[PAYLOAD_KEY]
+
+
+class PrometheusCompressionMetrics:
+    """The ``breadcrumbs_*`` Prometheus metrics; one set per process (names must be unique)."""
+
+    _instance: PrometheusCompressionMetrics | None = None
 
     def __init__(self) -> None:
-        self.beacons = Counter("breadcrumbs_beacons_inserted", "Beacons fed", ["ratio"])
-        self.evicted = Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", ["ratio"])
-        self.freed = Counter("breadcrumbs_kv_blocks_freed", "KV blocks returned to the pool early",
-                             ["ratio"])
+        from prometheus_client import Counter, Gauge
+
+        self.counters = {
+            "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", ["ratio"]),
+            "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", ["ratio"]),
+            "freed": Counter("breadcrumbs_kv_blocks_freed",
+                             "KV blocks returned to the pool early", ["ratio"]),
+        }
         self.held = Gauge("breadcrumbs_kv_blocks_held", "KV blocks held by compressed requests",
                           ["ratio"])
         self.saved = Gauge("breadcrumbs_kv_blocks_saved",
                            "Blocks the compressed requests would hold uncompressed minus held",
                            ["ratio"])
-        self._seen_ratios: set[int] = set()
+        self._seen_ratios: set[str] = set()
 
     @classmethod
-    def get(cls) -> CompressionMetrics:
+    def get(cls) -> PrometheusCompressionMetrics:
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
 
-    def beacon_inserted(self, ratio: int) -> None:
-        self.beacons.labels(ratio=str(ratio)).inc()
-        self.evicted.labels(ratio=str(ratio)).inc(ratio)
-
-    def blocks_freed(self, ratio: int, count: int) -> None:
-        self.freed.labels(ratio=str(ratio)).inc(count)
-
-    def observe_holdings(self, holdings: dict[int, tuple[int, int]]) -> None:
-        """Set the gauges from ``{ratio: (held, uncompressed)}``; absent ratios drop to 0."""
+    def apply(self, payload: dict[str, Any]) -> None:
+        for name, counter in self.counters.items():
+            for ratio, amount in payload[name].items():
+                counter.labels(ratio=ratio).inc(amount)
+        holdings = payload["holdings"]
         self._seen_ratios |= set(holdings)
-        for ratio in self._seen_ratios:
+        for ratio in self._seen_ratios:  # a ratio with no live request drops to 0
             held, uncompressed = holdings.get(ratio, (0, 0))
-            self.held.labels(ratio=str(ratio)).set(held)
-            self.saved.labels(ratio=str(ratio)).set(uncompressed - held)
+            self.held.labels(ratio=ratio).set(held)
+            self.saved.labels(ratio=ratio).set(uncompressed - held)
+
+
+def _stat_logger_base() -> type:
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    return StatLoggerBase
+
+
+class BreadcrumbsStatLogger(_stat_logger_base()):
+    """vLLM stat logger (front-end process) that exports the scheduler's compression counts."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        self.metrics = PrometheusCompressionMetrics.get()
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        if scheduler_stats is None:
+            return
+        payload = take_payload(scheduler_stats)
+        if payload is not None:
+            self.metrics.apply(payload)
+
+    def log_engine_initialized(self) -> None:
+        pass

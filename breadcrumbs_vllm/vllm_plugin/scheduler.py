@@ -14,7 +14,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
 from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
-from breadcrumbs_vllm.vllm_plugin.metrics import CompressionMetrics
+from breadcrumbs_vllm.vllm_plugin.metrics import CompressionStats
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
 
@@ -30,12 +30,12 @@ class PhysicalBlockAccountant(KVCacheManager):
     """
 
     compressed: dict[str, RequestCompression]
-    metrics: CompressionMetrics
+    stats: CompressionStats
 
-    def attach(self, compressed: dict[str, RequestCompression], metrics: CompressionMetrics) -> None:
+    def attach(self, compressed: dict[str, RequestCompression], stats: CompressionStats) -> None:
         assert self.num_kv_cache_groups == 1, "beacon models have one full-attention KV group"
         self.compressed = compressed
-        self.metrics = metrics
+        self.stats = stats
 
     @property
     def _req_to_blocks(self) -> dict:
@@ -57,7 +57,7 @@ class PhysicalBlockAccountant(KVCacheManager):
             tail = blocks[needed:]
             del blocks[needed:]
             self.block_pool.free_blocks(reversed(tail))
-            self.metrics.blocks_freed(comp.ratio, len(tail))
+            self.stats.blocks_freed(comp.ratio, len(tail))
             return self.empty_kv_cache_blocks
         missing = needed - len(blocks)
         if missing > self.block_pool.get_num_free_blocks():
@@ -88,9 +88,9 @@ class BreadcrumbsScheduler(Scheduler):
         assert beacon_model is not None, "BreadcrumbsScheduler serves beacon models only"
         self.beacon_model = beacon_model
         self.compressed: dict[str, RequestCompression] = {}
-        self.compression_metrics = CompressionMetrics.get()
+        self.compression_stats = CompressionStats()
         self.kv_cache_manager.__class__ = PhysicalBlockAccountant
-        self.kv_cache_manager.attach(self.compressed, self.compression_metrics)
+        self.kv_cache_manager.attach(self.compressed, self.compression_stats)
 
     def add_request(self, request: Request) -> None:
         params = request.sampling_params
@@ -124,7 +124,7 @@ class BreadcrumbsScheduler(Scheduler):
             assert len(new_token_ids) == 1, "speculative decoding is not supported"
             if comp.schedule.is_beacon(request.num_tokens):
                 request._all_token_ids.append(comp.beacon_id)
-                self.compression_metrics.beacon_inserted(comp.ratio)
+                self.compression_stats.beacon_inserted(comp.ratio)
         return super()._update_request_with_output(request, new_token_ids, is_stale)
 
     def _free_request(self, request: Request, *args, **kwargs):
@@ -133,8 +133,12 @@ class BreadcrumbsScheduler(Scheduler):
         return result
 
     def make_stats(self, *args, **kwargs):
-        self.compression_metrics.observe_holdings(self._holdings())
-        return super().make_stats(*args, **kwargs)
+        """vLLM's step stats plus the plugin's counts, for the front end's stat logger."""
+        stats = super().make_stats(*args, **kwargs)
+        if stats is not None:  # None when the engine runs without stats (``log_stats``)
+            self.compression_stats.holdings = self._holdings()
+            self.compression_stats.attach(stats)
+        return stats
 
     def _holdings(self) -> dict[int, tuple[int, int]]:
         """Per ratio: (blocks held, blocks the same requests would hold uncompressed)."""
