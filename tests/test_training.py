@@ -52,6 +52,7 @@ def test_student_joint_distils_and_round_trips(teacher: Path) -> None:
                  "--ratios", "2,4", "--rl-steps", "6", "--distill-lr", "1e-2",
                  "--eval-every", "100", *TINY]) == 0
     assert len([row["kl"] for row in log_of(out)]) == 6
+    assert all("reward" in row for row in log_of(out))  # every step is a rollout step
     bc = read_breadcrumbs_config(out)
     assert bc.ratios == [2, 4] and bc.teacher == "../student-teacher"
     assert (out.parent / "student-teacher" / "config.json").is_file()  # the co-trained teacher
@@ -103,3 +104,25 @@ def test_distill_kl_ignores_beacons_and_is_zero_for_equal_models() -> None:
 def test_group_advantages_are_relative_within_groups() -> None:
     adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), group=2)
     assert adv[0] > 0 > adv[1] and adv[2] == adv[3] == 0
+
+
+def test_student_trace_warm_start_distils_before_rollouts(teacher: Path) -> None:
+    out = teacher.parent / "student-traces"
+    assert main(["train", "student", "--teacher", str(teacher), "--out", str(out),
+                 "--ratios", "2,4", "--trace-steps", "12", "--trace-batch", "4", "--rl-steps", "1",
+                 "--distill-lr", "1e-2", "--sequential", "--eval-every", "100", *TINY]) == 0
+    log = log_of(out)
+    assert [("reward" in row) for row in log] == [False] * 12 + [True]
+    kl = [row["kl"] for row in log[:12]]
+    assert all(k >= 0 for k in kl) and sum(kl[-3:]) < sum(kl[:3])
+
+
+def test_grpo_skips_the_update_when_no_group_has_signal(teacher: Path, tmp_path: Path) -> None:
+    """All-equal rewards give zero advantages: the policy must not move (no Adam drift)."""
+    cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=1, rl_problems=2, group=2,
+                      max_tokens=8, layers=1, hidden=64, rl_lr=1e-2)
+    run = Run(cfg, tmp_path / "teacher")
+    before = [p.detach().clone() for p in run.teacher.parameters()]
+    metrics, rollouts = run.rollout_step()  # an untrained model earns no reward in 8 tokens
+    assert rollouts.rewards.sum() == 0 and "rl_loss" not in metrics
+    assert all(torch.equal(a, b) for a, b in zip(before, run.teacher.parameters()))

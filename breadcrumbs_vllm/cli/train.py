@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     student.add_argument("--teacher-out", default=None,
                          help="joint mode: where the co-trained teacher goes (default OUT-teacher)")
     student.add_argument("--distill-lr", type=float, default=1e-3)
+    student.add_argument("--trace-steps", type=int, default=0,
+                         help="warm start: distillation steps on solver traces before rollouts")
+    student.add_argument("--trace-batch", type=int, default=32, help="traces per warm-start step")
     for s in (teacher, student):
         s.add_argument("--out", required=True, help="run / checkpoint folder (HF format)")
         s.add_argument("--seed", type=int, default=0)
@@ -98,5 +101,8 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
     task = read_breadcrumbs_config(args.teacher).task or "countdown"
     if args.rl_steps < 1:
         raise ValueError("the student trains on teacher rollouts: pass --rl-steps >= 1")
+    if args.trace_steps < 0 or args.trace_batch < 1:
+        raise ValueError("--trace-steps must be >= 0 and --trace-batch >= 1")
     return TrainConfig(task=task, teacher=str(Path(args.teacher).resolve()), ratios=ratios,
-                       sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0, **common)
+                       sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0,
+                       trace_steps=args.trace_steps, sft_batch=args.trace_batch, **common)

@@ -11,8 +11,9 @@ class TrainConfig:
     """Everything that determines a run. ``--resume`` continues the recorded config unchanged.
 
     Step counts are totals for the run: a teacher run does ``sft_steps`` supervised steps, then
-    ``rl_steps`` GRPO steps; a student run does ``rl_steps`` steps, each one a batch of teacher
-    rollouts that the teacher learns from (joint mode only) and the student distils.
+    ``rl_steps`` GRPO steps; a student run does ``trace_steps`` distillation steps on solver traces,
+    then ``rl_steps`` steps, each one a batch of teacher rollouts that the teacher learns from
+    (joint mode only) and the student distils.
     """
 
     stage: str  # "teacher" or "student"
@@ -40,6 +41,7 @@ class TrainConfig:
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
     distill_lr: float = 1e-3
+    trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
     # bookkeeping
     eval_every: int = 250
     eval_n: int = 32
@@ -48,7 +50,8 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
-        return (self.sft_steps if self.stage == "teacher" else 0) + self.rl_steps
+        warm_start = self.sft_steps if self.stage == "teacher" else self.trace_steps
+        return warm_start + self.rl_steps
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -8,7 +8,7 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   group-relative advantages; a PPO-clipped surrogate over ``ppo_epochs`` gradient steps updates
   the policy.
 * Student: initialised from the teacher with the beacon embedding set to the mean embedding.
-  Each step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
+  ``trace_steps`` warm-start steps distil the teacher's logits on solver traces; then each step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
   step on it, and the student always minimises KL(teacher || student) on the same sequences
   under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``. ``sequential``
   keeps the teacher frozen (distillation from a finished teacher), for the ablation.
@@ -141,17 +141,36 @@ class Run:
         rollouts = self.sample(problems)
         metrics = {"reward": rollouts.rewards.mean().item(),
                    "gen_len": sum(map(len, rollouts.generations)) / len(rollouts.generations)}
-        if self.teacher_opt is not None:
+        adv = group_advantages(rollouts.rewards, cfg.group)
+        # No group with mixed rewards means no signal; a zero loss would still let Adam's momentum
+        # move the policy, so the update is skipped.
+        if self.teacher_opt is not None and adv.abs().sum() > 0:
             set_lr(self.teacher_opt, cfg.rl_lr)
             batch = self.batch(rollouts.prompts, rollouts.generations, [None] * len(rollouts.prompts))
             old = token_logprobs(rollouts.teacher_logits, batch.labels)
-            adv = group_advantages(rollouts.rewards, cfg.group).to(old.device)
+            adv = adv.to(old.device)
             for _ in range(cfg.ppo_epochs):
                 loss = grpo_loss(self.teacher(**batch.model_inputs()).logits, batch.labels, old, adv,
                                  cfg.clip)
                 self.update(self.teacher, self.teacher_opt, loss)
             metrics["rl_loss"] = loss.item()
         return metrics, rollouts
+
+    def trace_rollouts(self) -> Rollouts:
+        """Solver traces in place of sampled rollouts (the student's warm start, no reward).
+
+        Distilling on the teacher's logits over traces it was trained on is one forward pass
+        instead of ``max_tokens`` sampling steps, so the student first learns to use beacons
+        cheaply; the joint phase on the teacher's own rollouts follows.
+        """
+        cfg = self.cfg
+        problems = self.task.problems(cfg.sft_batch, step_seed(cfg, self.step, 4, self.acc.process_index))
+        prompts = [self.prompt_ids(p) for p in problems]
+        traces = [self.encode(self.task.solve(p)) for p in problems]
+        batch = self.batch(prompts, traces, [None] * len(prompts))
+        with torch.no_grad():
+            logits = self.teacher(**batch.model_inputs()).logits
+        return Rollouts(prompts, traces, torch.ones(len(prompts)), logits, batch.labels)
 
     def student_step(self, rollouts: Rollouts) -> dict:
         """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio."""
@@ -236,6 +255,8 @@ class Run:
                 break
             if cfg.stage == "teacher" and self.step < cfg.sft_steps:
                 metrics = self.teacher_sft_step()
+            elif cfg.stage == "student" and self.step < cfg.trace_steps:
+                metrics = self.student_step(self.trace_rollouts())
             else:
                 metrics, rollouts = self.rollout_step()
                 if self.student is not None:

@@ -1,0 +1,31 @@
+"""The KV-bound benchmark script runs end to end and prints its comparison table.
+
+Figures are not asserted here (timings on a shared machine are not a test); the README quotes a
+full run. What is checked: every setting runs, the table has one row per setting, and at c=8 a
+request never holds more blocks than the uncompressed one does.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "loadtests" / "bench_plugin.py"
+
+
+def test_bench_plugin_prints_one_row_per_setting():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--requests", "6", "--max-tokens", "96",
+                           "--pool-blocks", "12", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {m[0]: m[1].split() for m in
+            re.findall(r"^(stock|plugin c=\w+)\s+(.*)$", done.stdout, flags=re.M)}
+    assert list(rows) == ["stock", "plugin c=off", "plugin c=4", "plugin c=8", "plugin c=16"]
+    peak_blocks = {name: int(cols[3]) for name, cols in rows.items()}
+    assert peak_blocks["plugin c=8"] < peak_blocks["stock"] == peak_blocks["plugin c=off"]
