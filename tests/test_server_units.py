@@ -10,7 +10,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig, init_model, save_checkpoint
+from breadcrumbs_vllm.checkpoint import (
+    BreadcrumbsConfig,
+    init_model,
+    read_breadcrumbs_config,
+    save_checkpoint,
+)
+from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from breadcrumbs_vllm.cli import serve
 from server import Settings, create_app
 from server.compression import KVState, RatioPolicy, choice_savings
@@ -103,6 +109,10 @@ class FakeVLLM:
 
 
 def test_remote_routes_to_least_loaded_healthy_backend(checkpoint):
+    from vllm.entrypoints.openai.completion.protocol import (
+        CompletionRequest as VLLMCompletionRequest,
+    )
+
     fake = FakeVLLM()
     settings = Settings(model=checkpoint, served_model_name="tiny",
                         backends="http://a:8000,http://b:8000", health_interval_s=3600)
@@ -119,6 +129,14 @@ def test_remote_routes_to_least_loaded_healthy_backend(checkpoint):
         assert host == "b" and sent["vllm_xargs"] == {"compression_ratio": 8}
         assert sent["model"] == "upstream-model" and sent["prompt"] == [
             int(t) for t in sent["prompt"]]
+        # Whatever the gateway resolved (a ratio or none), vLLM's own request schema accepts the
+        # body and the plugin on the upstream resolves the same ratio from it.
+        bc = read_breadcrumbs_config(checkpoint)
+        for ratio in (8, None):
+            client.post("/v1/completions", json={**body, "compression_ratio": ratio})
+            sent = fake.bodies[-1][1]
+            request = VLLMCompletionRequest.model_validate(sent)
+            assert resolve_ratio(request.to_sampling_params(16).extra_args, bc) == ratio
 
         fake.healthy["b"] = False
         client.portal.call(backend.poll_once)

@@ -33,6 +33,15 @@ def resolve_ratio(extra_args: Mapping[str, Any] | None, bc: BreadcrumbsConfig) -
     return bc.check_ratio(ratio)
 
 
+def ratio_xargs(ratio: int | None) -> dict[str, int | str]:
+    """``vllm_xargs`` that make :func:`resolve_ratio` pick ``ratio`` on a vLLM OpenAI server.
+
+    vLLM's request schema takes only strings and numbers there, so "no compression" is sent as
+    ``"none"`` (a missing key would mean the model's default ratio instead).
+    """
+    return {RATIO_KEY: "none" if ratio is None else ratio}
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -3,7 +3,7 @@
 vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so four methods are wrapped.
 Each wrapper calls the original and engages only for beacon models. Every patch records the
 signature it was written against; :func:`check_surface` refuses to patch a different one, and
-``tests/test_plugin_patches.py`` fails if an upgrade changes any of them.
+``tests/test_plugin_units.py`` fails if an upgrade changes any of them.
 """
 
 from __future__ import annotations

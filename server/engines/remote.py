@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from breadcrumbs_vllm.vllm_plugin.compression import ratio_xargs
 from server.compression import KVState
 from server.engines.base import Delta, EngineBackend, GenParams
 from server.errors import APIError
@@ -118,7 +119,7 @@ class RemoteBackend(EngineBackend):
             "max_tokens": params.max_tokens, "n": params.n, "stop": params.stop,
             "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
             "ignore_eos": params.ignore_eos, "return_token_ids": True,
-            "vllm_xargs": {"compression_ratio": params.ratio},
+            "vllm_xargs": ratio_xargs(params.ratio),
         }
         upstream.in_flight += 1
         try:
