@@ -81,3 +81,17 @@ def test_bad_input_gets_one_line_error(random_model, tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.vllm
+def test_generate_engine_vllm_matches_the_reference_engine(tiny_checkpoint):
+    """A user compares the two engines from the command line: same tokens, same KV figures."""
+    args = ["generate", "--model", str(tiny_checkpoint), "--ratio", "4", "--max-tokens", "40",
+            "--greedy", "--json", "12+3="]
+    reference = breadcrumbs(*args)
+    served = breadcrumbs(*args, "--engine", "vllm")
+    assert reference.returncode == 0 and served.returncode == 0, served.stderr[-2000:]
+    ref, got = json.loads(reference.stdout), json.loads(served.stdout)
+    assert got["token_ids"] == ref["token_ids"] and ref["token_ids"]
+    assert got["peak_kv_entries"] == ref["peak_kv_entries"]
+    assert got["mean_kv_entries"] == pytest.approx(ref["mean_kv_entries"])

@@ -26,6 +26,7 @@ def generate_with_vllm(model_path: str, prompt_ids: list[int], ratio: int | None
     """Generate with an in-process vLLM engine (float32, like the reference engine)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the answer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
