@@ -22,6 +22,15 @@ def _gateway_sample_names() -> set[str]:
     return names
 
 
+def _plugin_sample_names() -> set[str]:
+    """The engine-side metrics the plugin's stat logger exports (``breadcrumbs_*``)."""
+    from breadcrumbs_vllm.vllm_plugin.metrics import PrometheusCompressionMetrics
+
+    metrics = PrometheusCompressionMetrics.get()
+    families = [*metrics.counters.values(), metrics.held, metrics.saved]
+    return {f"{m._name}_total" if m._type == "counter" else m._name for m in families}
+
+
 def test_dashboard_queries_use_existing_metrics():
     dashboard = json.loads((DEPLOY / "grafana/dashboards/breadcrumbs.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
@@ -31,6 +40,9 @@ def test_dashboard_queries_use_existing_metrics():
     known = _gateway_sample_names()
     used = {m for e in exprs for m in re.findall(r"breadcrumbs_gateway_\w+", e)}
     assert used and used <= known, used - known
+    engine = {m for e in exprs for m in re.findall(r"breadcrumbs_(?!gateway_)\w+", e)}
+    assert {"breadcrumbs_kv_blocks_saved", "breadcrumbs_kv_blocks_held"} <= engine
+    assert engine <= _plugin_sample_names(), engine - _plugin_sample_names()
     assert all(p["datasource"]["uid"] == "prometheus" for p in dashboard["panels"])
 
 
