@@ -70,3 +70,17 @@ def test_k8s_probes_hit_real_endpoints():
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     env = {e["name"] for e in container["env"]}
     assert {"BREADCRUMBS_HOST", "BREADCRUMBS_API_KEYS"} <= env
+
+
+def test_helm_templates_only_use_defined_values():
+    chart = DEPLOY / "helm/breadcrumbs"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert yaml.safe_load((chart / "Chart.yaml").read_text())["name"] == "breadcrumbs"
+    used = {m for t in (chart / "templates").glob("*.yaml")
+            for m in re.findall(r"\.Values\.([\w.]+)", t.read_text())}
+    assert {"image.repository", "backends", "apiKeysSecret"} <= used
+    for path in used:
+        node = values
+        for key in path.split("."):
+            assert isinstance(node, dict) and key in node, f".Values.{path} is not in values.yaml"
+            node = node[key]
