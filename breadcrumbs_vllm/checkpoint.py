@@ -38,7 +38,7 @@ class BreadcrumbsConfig:
     teacher: str | None = None  # folder of the teacher a student was distilled from (relative)
 
     @classmethod
-    def from_dict(cls, block: dict) -> "BreadcrumbsConfig":
+    def from_dict(cls, block: dict) -> BreadcrumbsConfig:
         known = {k: block[k] for k in cls.__dataclass_fields__ if k in block}
         if "beacon_token_id" not in known:
             raise CheckpointError("the 'breadcrumbs' block has no 'beacon_token_id'")

@@ -28,7 +28,8 @@ def validate_ratio(ratio: int | None) -> int | None:
     if ratio is None:
         return None
     if isinstance(ratio, bool) or not isinstance(ratio, int):
-        raise ValueError(f"compression ratio must be an integer >= 2 or none, got {ratio!r}")
+        # ValueError, not TypeError: it is a user's bad input, which the CLI prints as one line.
+        raise ValueError(f"compression ratio must be an integer >= 2 or none, got {ratio!r}")  # noqa: TRY004
     if ratio == 0:
         return None
     if ratio < 2:

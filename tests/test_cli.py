@@ -12,7 +12,7 @@ import pytest
 
 def breadcrumbs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.vllm
 def beacons_metric(base: str, ratio: int) -> float:
     text = httpx.get(f"{base}/metrics").text
     found = re.search(rf'^breadcrumbs_beacons_inserted_total{{ratio="{ratio}"}} (\S+)$', text,
-                      flags=re.M)
+                      flags=re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 

@@ -16,8 +16,8 @@ from breadcrumbs_vllm.checkpoint import (
     read_breadcrumbs_config,
     save_checkpoint,
 )
-from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from breadcrumbs_vllm.cli import serve
+from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from server import Settings, create_app
 from server.compression import KVState, RatioPolicy, choice_savings
 from server.engines.remote import RemoteBackend, parse_upstream_metrics

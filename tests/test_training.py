@@ -11,9 +11,9 @@ import torch
 
 from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
+from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import distill_kl, group_advantages
 from breadcrumbs_vllm.training.mask import build_beacon_batch
-from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.trainer import STATE_FILE, Run
 
 TINY = ["--seed", "0", "--rl-problems", "2", "--group", "2", "--max-tokens", "16",

@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from breadcrumbs_vllm.cli.init_model import parse_ratio_list
-    from breadcrumbs_vllm.training.config import TrainConfig
     from breadcrumbs_vllm.training.trainer import Run, load_config
 
     if args.threads:
@@ -82,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace, parse_ratio_list):
     from breadcrumbs_vllm.training.config import TrainConfig
 
-    common = dict(stage=args.stage, seed=args.seed, rl_steps=args.rl_steps,
-                  rl_problems=args.rl_problems, group=args.group, rl_lr=args.rl_lr, clip=args.clip,
-                  temperature=args.temperature, max_tokens=args.max_tokens,
-                  eval_every=args.eval_every, eval_n=args.eval_n, save_every=args.save_every)
+    common = {"stage": args.stage, "seed": args.seed, "rl_steps": args.rl_steps,
+              "rl_problems": args.rl_problems, "group": args.group, "rl_lr": args.rl_lr,
+              "clip": args.clip, "temperature": args.temperature, "max_tokens": args.max_tokens,
+              "eval_every": args.eval_every, "eval_n": args.eval_n, "save_every": args.save_every}
     if min(args.rl_steps, 0) < 0 or args.group < 2 and args.rl_steps:
         raise ValueError("--rl-steps must be >= 0 and --group >= 2")
     if args.stage == "teacher":

@@ -12,7 +12,12 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from breadcrumbs_vllm.reference import GenerationRequest, GenerationResult, ReferenceEngine, make_policy
+from breadcrumbs_vllm.reference import (
+    GenerationRequest,
+    GenerationResult,
+    ReferenceEngine,
+    make_policy,
+)
 from breadcrumbs_vllm.tasks.base import Problem, Task
 
 
@@ -64,14 +69,15 @@ class Evaluator:
         rows: list[EvalRow] = []
         peaks: dict[int, list[int]] = {}
         for ratio in ratios:
-            results = self._decode(prompts, bar, lambda i: {"ratio": ratio})
+            results = self._decode(prompts, bar, lambda i, ratio=ratio: {"ratio": ratio})
             rows.append(self._row("none" if ratio is None else f"c={ratio}", ratio, None,
                                   problems, results))
             if ratio is not None:
                 peaks[ratio] = [r.peak_kv_entries for r in results]
         for name in baselines:
             for ratio, budget in peaks.items():
-                results = self._decode(prompts, bar, lambda i: {"policy": make_policy(name, budget[i])})
+                results = self._decode(prompts, bar, lambda i, name=name, budget=budget: {
+                    "policy": make_policy(name, budget[i])})
                 rows.append(self._row(name, ratio, sum(budget) / len(budget), problems, results))
         bar.close()
         return rows

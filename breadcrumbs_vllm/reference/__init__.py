@@ -4,12 +4,12 @@ from breadcrumbs_vllm.reference.engine import GenerationRequest, GenerationResul
 from breadcrumbs_vllm.reference.policies import POLICIES, TOVA, KVPolicy, StreamingLLM, make_policy
 
 __all__ = [
+    "POLICIES",
+    "TOVA",
     "GenerationRequest",
     "GenerationResult",
     "KVPolicy",
-    "POLICIES",
     "ReferenceEngine",
     "StreamingLLM",
-    "TOVA",
     "make_policy",
 ]

@@ -112,7 +112,7 @@ class ReferenceEngine:
         self.default_stop_ids = stop_token_ids(tokenizer) if tokenizer is not None else []
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "ReferenceEngine":
+    def from_checkpoint(cls, path: str | Path) -> ReferenceEngine:
         model, tokenizer, bc = load_checkpoint(path, attn_implementation="eager")
         return cls(model, tokenizer, bc)
 

@@ -14,6 +14,7 @@ needs again::
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 from breadcrumbs_vllm.tasks.base import Problem, Task, parse_int_list
 
@@ -37,7 +38,7 @@ class StarGraph(Task):
         leaves: list[int] = []
         for a in range(self.arms):
             arm = [centre, *rest[a * self.length:(a + 1) * self.length]]
-            edges += [[u, v] for u, v in zip(arm, arm[1:])]
+            edges += [[u, v] for u, v in pairwise(arm)]
             leaves.append(arm[-1])
         rng.shuffle(edges)
         target = rng.choice(leaves)

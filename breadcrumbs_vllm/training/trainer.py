@@ -33,14 +33,23 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from breadcrumbs_vllm.checkpoint import atomic_write_dir, init_model, load_checkpoint, save_checkpoint
+from breadcrumbs_vllm.checkpoint import (
+    atomic_write_dir,
+    init_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from breadcrumbs_vllm.evaluation.runner import Evaluator, chat_prompt_ids
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
 from breadcrumbs_vllm.tasks import Problem, get_task
 from breadcrumbs_vllm.tokenizer import build_tokenizer
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
-    distill_kl, group_advantages, grpo_loss, sft_loss, token_logprobs,
+    distill_kl,
+    group_advantages,
+    grpo_loss,
+    sft_loss,
+    token_logprobs,
 )
 from breadcrumbs_vllm.training.mask import build_beacon_batch
 
