@@ -6,7 +6,7 @@ the same weights from a copy of the checkpoint without the ``breadcrumbs`` block
 exactly as without the plugin. Prints per setting: generated tokens/s, max and mean (per scheduler
 step) concurrently running requests, peak blocks held by one request, preemptions, and the
 ratios against stock. vLLM admits every request whose prompt fits and preempts later, so the
-mean is the concurrency that actually decodes.
+mean is the concurrency that actually decodes. Stock runs again at the end as a control.
 
     python loadtests/bench_plugin.py       # defaults: 64 x 1024 tokens, 3 runs each, ~8 min on 2 cores
 """
@@ -95,7 +95,7 @@ def run_setting(llm, sampler: StepSampler, name: str, ratio: int | None, args) -
 
     prompts = [TokensPrompt(prompt_token_ids=[6 + (i * 7 + j) % 90 for j in range(args.prompt_len)])
                for i in range(args.requests)]
-    extra = None if name == "stock" else {"compression_ratio": ratio}
+    extra = None if name.startswith("stock") else {"compression_ratio": ratio}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
                             extra_args=extra)
     rates = []
@@ -136,7 +136,10 @@ def main() -> None:
         beacon, stock = make_model(Path(tmp), args.seed)
         for path, settings in ((stock, [("stock", None)]),
                                (beacon, [("plugin c=off", None)]
-                                + [(f"plugin c={c}", c) for c in RATIOS])):
+                                + [(f"plugin c={c}", c) for c in RATIOS]),
+                               # The same stock engine again, last: how much of a difference
+                               # between settings is drift of the machine, not the plugin.
+                               (stock, [("stock (again)", None)])):
             llm = engine(path, args)
             sampler = StepSampler(llm)
             for name, ratio in settings:
@@ -149,10 +152,10 @@ def main() -> None:
     print(f"\nworkload: {args.requests} requests x {args.max_tokens} tokens, prompt "
           f"{args.prompt_len}, pool {args.pool_blocks} blocks of {args.block_size}, "
           f"median of {args.repeats} runs")
-    print(f"{'setting':<14}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
+    print(f"{'setting':<15}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
           f"{'preempt':>9}{'tok/s vs stock':>16}{'mean run vs stock':>19}")
     for r in results:
-        print(f"{r.setting:<14}{r.tokens_per_s:>9.1f}{r.max_running:>9}{r.mean_running:>10.1f}"
+        print(f"{r.setting:<15}{r.tokens_per_s:>9.1f}{r.max_running:>9}{r.mean_running:>10.1f}"
               f"{r.peak_blocks_per_request:>14}{r.preemptions:>9}"
               f"{r.tokens_per_s / base.tokens_per_s:>16.2f}"
               f"{r.mean_running / base.mean_running:>19.2f}")

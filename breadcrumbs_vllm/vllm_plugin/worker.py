@@ -81,7 +81,8 @@ class RunnerCompression:
     def __init__(self, runner: Any, beacon_model: BeaconModel) -> None:
         self.runner = runner
         self.beacon_model = beacon_model
-        self._requests: dict[str, RequestCompression | None] = {}
+        #: The compressed requests the runner knows, registered when they arrive.
+        self._requests: dict[str, RequestCompression] = {}
         self._compactor: KVCompactor | None = None
 
     @classmethod
@@ -95,15 +96,27 @@ class RunnerCompression:
         return state
 
     def compression(self, req_id: str) -> RequestCompression | None:
-        if req_id not in self._requests:
-            req_state = self.runner.requests[req_id]
-            params = req_state.sampling_params
-            self._requests[req_id] = self.beacon_model.compression(
-                req_state.num_prompt_tokens, params.extra_args if params else None)
-        return self._requests[req_id]
+        return self._requests.get(req_id)
+
+    def _track_requests(self, scheduler_output: Any) -> None:
+        """Register new compressed requests and forget finished ones (from the step's output)."""
+        for req_id in scheduler_output.finished_req_ids:
+            self._requests.pop(req_id, None)
+        for new in scheduler_output.scheduled_new_reqs:
+            params = new.sampling_params
+            comp = self.beacon_model.compression(
+                len(new.prompt_token_ids), params.extra_args if params else None)
+            if comp is not None:
+                self._requests[new.req_id] = comp
 
     def _batch(self):
-        """(batch index, request id, compression) of the compressed requests in the batch."""
+        """(batch index, request id, compression) of the compressed requests in the batch.
+
+        Empty at once when no compressed request is live, so a beacon model serving only
+        uncompressed requests pays nothing per request in the hooks.
+        """
+        if not self._requests:
+            return
         batch = self.runner.input_batch
         for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             comp = self.compression(req_id)
@@ -121,8 +134,9 @@ class RunnerCompression:
         The scheduler frees tail blocks when a window is evicted and only sends *new* block ids;
         both sides compute the held count as ``blocks_needed(chunk) - len(new blocks)``.
         """
-        for req_id in scheduler_output.finished_req_ids:
-            self._requests.pop(req_id, None)
+        self._track_requests(scheduler_output)
+        if not self._requests:
+            return
         cached = scheduler_output.scheduled_cached_reqs
         block_size = self._block_table.block_size
         for i, req_id in enumerate(cached.req_ids):
