@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import vllm
+from vllm.exceptions import VLLMValidationError
 
 logger = logging.getLogger("breadcrumbs_vllm.vllm_plugin")
 
@@ -89,9 +90,24 @@ def _wrap_validate_params(original):
 
         model = BeaconModel.from_model_config(self.model_config)
         if model is not None and isinstance(params, SamplingParams):
-            model.compression(0, params.extra_args)  # raises ValueError naming supported ratios
+            try:
+                model.compression(0, params.extra_args)
+            except ValueError as exc:  # names the supported ratios
+                raise UnsupportedRatioError(str(exc)) from None
         return result
     return _validate_params
+
+
+class UnsupportedRatioError(VLLMValidationError, ValueError):
+    """A request's ``compression_ratio`` the model does not support.
+
+    ``VLLMValidationError`` is what vLLM's OpenAI server answers with a 400 (a plain
+    ``ValueError`` raised there becomes a 500); ``ValueError`` keeps offline callers'
+    ``except ValueError`` working.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, parameter="compression_ratio")
 
 
 def _wrap_create_engine_config(original):
