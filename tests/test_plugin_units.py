@@ -99,9 +99,8 @@ def test_stats_travel_in_scheduler_stats_and_are_removed_before_vllm_sees_them()
     for _ in range(3):
         stats.beacon_inserted(8)
     stats.blocks_freed(8, 2)
-    stats.holdings = {8: (3, 10)}
     step = SchedulerStats(kv_connector_stats={"some_connector": {"x": 1}})
-    stats.attach(step)
+    stats.attach(step, {8: (3, 10)})
     shipped = MsgpackDecoder(SchedulerStats).decode(MsgpackEncoder().encode(step))
 
     def sample(name: str) -> float:
@@ -113,7 +112,7 @@ def test_stats_travel_in_scheduler_stats_and_are_removed_before_vllm_sees_them()
     assert sample("breadcrumbs_kv_blocks_held") == 3
     assert sample("breadcrumbs_kv_blocks_saved") == 7
     assert shipped.kv_connector_stats == {"some_connector": {"x": 1}}  # vLLM's own data untouched
-    assert stats.drain()["beacons"] == {}  # counts since the last drain were reset
+    assert stats.drain({})["beacons"] == {}  # counts since the last drain were reset
     assert stats.totals["evicted"][8] == 24
 
 

@@ -134,9 +134,7 @@ class Run:
     def teacher_sft_step(self) -> dict:
         """Cross-entropy on a fresh batch of solver traces, learning rate warmup then cosine."""
         cfg = self.cfg
-        problems = self.task.problems(cfg.sft_batch, step_seed(cfg, self.step, 0, self.acc.process_index))
-        prompts = [self.prompt_ids(p) for p in problems]
-        targets = [self.encode(self.task.solve(p)) for p in problems]
+        prompts, targets = self.solver_traces(stream=0)
         batch = self.batch(prompts, targets, [None] * len(prompts))
         set_lr(self.teacher_opt, cfg.lr * lr_factor(self.step, cfg.warmup, cfg.sft_steps))
         loss = sft_loss(self.teacher(**batch.model_inputs()).logits, batch.labels)
@@ -172,10 +170,7 @@ class Run:
         instead of ``max_tokens`` sampling steps, so the student first learns to use beacons
         cheaply; the joint phase on the teacher's own rollouts follows.
         """
-        cfg = self.cfg
-        problems = self.task.problems(cfg.sft_batch, step_seed(cfg, self.step, 4, self.acc.process_index))
-        prompts = [self.prompt_ids(p) for p in problems]
-        traces = [self.encode(self.task.solve(p)) for p in problems]
+        prompts, traces = self.solver_traces(stream=4)
         batch = self.batch(prompts, traces, [None] * len(prompts))
         with torch.no_grad():
             logits = self.teacher(**batch.model_inputs()).logits
@@ -226,6 +221,13 @@ class Run:
 
     def engine(self, model) -> ReferenceEngine:
         return ReferenceEngine(self.acc.unwrap_model(model), self.tokenizer, self.bc)
+
+    def solver_traces(self, stream: int) -> tuple[list[list[int]], list[list[int]]]:
+        """``sft_batch`` fresh problems of this step: prompt ids and solver-trace ids."""
+        seed = step_seed(self.cfg, self.step, stream, self.acc.process_index)
+        problems = self.task.problems(self.cfg.sft_batch, seed)
+        return ([self.prompt_ids(p) for p in problems],
+                [self.encode(self.task.solve(p)) for p in problems])
 
     def prompt_ids(self, problem: Problem) -> list[int]:
         return chat_prompt_ids(self.engine(self.teacher), problem)

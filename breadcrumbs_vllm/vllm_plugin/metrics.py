@@ -24,18 +24,19 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+from vllm.v1.metrics.loggers import StatLoggerBase
+
 PAYLOAD_KEY = "breadcrumbs"
 
 
 @dataclass
 class CompressionStats:
-    """Engine-side compression counts since the last drain, plus the current block holdings."""
+    """Engine-side compression counts since the last drain."""
 
     beacons: Tally[int] = field(default_factory=Tally)
     evicted: Tally[int] = field(default_factory=Tally)
     freed: Tally[int] = field(default_factory=Tally)
-    #: ``{ratio: (blocks held, blocks the same requests would hold uncompressed)}``, last step.
-    holdings: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Running totals since start-up, for in-process readers (tests, the benchmark).
     totals: dict[str, Tally[int]] = field(
         default_factory=lambda: {"beacons": Tally(), "evicted": Tally(), "freed": Tally()})
@@ -51,20 +52,24 @@ class CompressionStats:
         getattr(self, name)[ratio] += amount
         self.totals[name][ratio] += amount
 
-    def drain(self) -> dict[str, Any]:
-        """The counts since the last drain (then reset) and the holdings, as plain data."""
+    def drain(self, holdings: dict[int, tuple[int, int]]) -> dict[str, Any]:
+        """The counts since the last drain (then reset) and ``holdings``, as plain data.
+
+        ``holdings`` is ``{ratio: (blocks held, blocks the same requests would hold
+        uncompressed)}`` now.
+        """
         payload = {name: {str(r): n for r, n in getattr(self, name).items()}
                    for name in ("beacons", "evicted", "freed")}
-        payload["holdings"] = {str(r): list(pair) for r, pair in self.holdings.items()}
+        payload["holdings"] = {str(r): list(pair) for r, pair in holdings.items()}
         self.beacons.clear()
         self.evicted.clear()
         self.freed.clear()
         return payload
 
-    def attach(self, scheduler_stats: Any) -> None:
+    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]]) -> None:
         """Ship :meth:`drain` to the front end inside this step's ``SchedulerStats``."""
         carried = dict(scheduler_stats.kv_connector_stats or {})
-        carried[PAYLOAD_KEY] = self.drain()
+        carried[PAYLOAD_KEY] = self.drain(holdings)
         scheduler_stats.kv_connector_stats = carried
 
 
@@ -84,8 +89,6 @@ class PrometheusCompressionMetrics:
     _instance: PrometheusCompressionMetrics | None = None
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge
-
         self.counters = {
             "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", ["ratio"]),
             "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", ["ratio"]),
@@ -117,13 +120,7 @@ class PrometheusCompressionMetrics:
             self.saved.labels(ratio=ratio).set(uncompressed - held)
 
 
-def _stat_logger_base() -> type:
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    return StatLoggerBase
-
-
-class BreadcrumbsStatLogger(_stat_logger_base()):
+class BreadcrumbsStatLogger(StatLoggerBase):
     """vLLM stat logger (front-end process) that exports the scheduler's compression counts."""
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:

@@ -136,8 +136,7 @@ class BreadcrumbsScheduler(Scheduler):
         """vLLM's step stats plus the plugin's counts, for the front end's stat logger."""
         stats = super().make_stats(*args, **kwargs)
         if stats is not None:  # None when the engine runs without stats (``log_stats``)
-            self.compression_stats.holdings = self._holdings()
-            self.compression_stats.attach(stats)
+            self.compression_stats.attach(stats, self._holdings())
         return stats
 
     def _holdings(self) -> dict[int, tuple[int, int]]:
