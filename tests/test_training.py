@@ -73,7 +73,7 @@ def test_student_joint_distils_and_round_trips(teacher: Path) -> None:
 
 def test_student_kl_falls_on_a_fixed_rollout_batch(teacher: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(stage="student", teacher=str(teacher), ratios=[2, 4], rl_steps=1,
-                      rl_problems=2, group=2, max_tokens=24, distill_lr=1e-3, sequential=True)
+                      rl_problems=2, group=2, max_tokens=24, distill_lr=1e-3, sequential=True, warmup=0)
     run = Run(cfg, tmp_path / "student")
     with torch.no_grad():  # a beacon that disrupts the cache, so there is something to learn
         torch.manual_seed(0)
@@ -110,11 +110,34 @@ def test_student_trace_warm_start_distils_before_rollouts(teacher: Path) -> None
     out = teacher.parent / "student-traces"
     assert main(["train", "student", "--teacher", str(teacher), "--out", str(out),
                  "--ratios", "2,4", "--trace-steps", "12", "--trace-batch", "4", "--rl-steps", "1",
-                 "--distill-lr", "1e-2", "--sequential", "--eval-every", "100", *TINY]) == 0
+                 "--warmup", "2", "--distill-lr", "1e-2", "--sequential", "--eval-every", "100",
+                 *TINY]) == 0
     log = log_of(out)
     assert [("reward" in row) for row in log] == [False] * 12 + [True]
     kl = [row["kl"] for row in log[:12]]
     assert all(k >= 0 for k in kl) and sum(kl[-3:]) < sum(kl[:3])
+    assert not any("ce" in row for row in log)
+
+
+def test_student_trace_cross_entropy_and_init(teacher: Path) -> None:
+    warm = teacher.parent / "student-traces"  # from the test above
+    out = teacher.parent / "student-trace-ce"
+    assert main(["train", "student", "--teacher", str(teacher), "--init", str(warm),
+                 "--out", str(out), "--ratios", "2,4", "--trace-steps", "12", "--trace-batch", "4",
+                 "--trace-ce", "1", "--warmup", "2", "--distill-lr", "1e-2", "--sequential",
+                 "--eval-every", "100", *TINY]) == 0
+    log = log_of(out)
+    assert len(log) == 12 and all("ce" in row for row in log)  # a warm start alone is a run
+    ce = [row["ce"] for row in log]
+    assert sum(ce[-3:]) < sum(ce[:3])
+    # With a zero learning rate a run started from --init stays exactly that model.
+    again = teacher.parent / "student-from-init"
+    assert main(["train", "student", "--teacher", str(teacher), "--init", str(warm),
+                 "--out", str(again), "--ratios", "2,4", "--rl-steps", "1", "--distill-lr", "0",
+                 "--sequential", "--eval-every", "100", *TINY]) == 0
+    start, _, _ = load_checkpoint(warm)
+    for a, b in zip(start.parameters(), load_checkpoint(again)[0].parameters()):
+        assert torch.equal(a, b)
 
 
 def test_grpo_skips_the_update_when_no_group_has_signal(teacher: Path, tmp_path: Path) -> None:

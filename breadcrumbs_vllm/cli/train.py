@@ -31,12 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     student.add_argument("--trace-steps", type=int, default=0,
                          help="warm start: distillation steps on solver traces before rollouts")
     student.add_argument("--trace-batch", type=int, default=32, help="traces per warm-start step")
+    student.add_argument("--trace-ce", type=float, default=0.0,
+                         help="warm start: weight of cross-entropy on the trace tokens next to the KL")
+    student.add_argument("--init", default=None,
+                         help="start from this student checkpoint instead of the teacher "
+                              "(e.g. a warm start shared by the joint and sequential ablation arms)")
     for s in (teacher, student):
         s.add_argument("--out", required=True, help="run / checkpoint folder (HF format)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--rl-steps", type=int, default=0, help="GRPO (student: rollout) steps")
         s.add_argument("--rl-problems", type=int, default=8)
         s.add_argument("--group", type=int, default=8, help="sampled completions per problem")
+        s.add_argument("--warmup", type=int, default=50,
+                       help="learning-rate warmup steps before the cosine decay over the run")
         s.add_argument("--rl-lr", type=float, default=1e-4)
         s.add_argument("--clip", type=float, default=0.2)
         s.add_argument("--temperature", type=float, default=1.0)
@@ -84,9 +91,10 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
     common = {"stage": args.stage, "seed": args.seed, "rl_steps": args.rl_steps,
               "rl_problems": args.rl_problems, "group": args.group, "rl_lr": args.rl_lr,
               "clip": args.clip, "temperature": args.temperature, "max_tokens": args.max_tokens,
-              "eval_every": args.eval_every, "eval_n": args.eval_n, "save_every": args.save_every}
-    if min(args.rl_steps, 0) < 0 or args.group < 2 and args.rl_steps:
-        raise ValueError("--rl-steps must be >= 0 and --group >= 2")
+              "eval_every": args.eval_every, "eval_n": args.eval_n, "save_every": args.save_every,
+              "warmup": args.warmup}
+    if args.rl_steps < 0 or args.warmup < 0 or args.group < 2 and args.rl_steps:
+        raise ValueError("--rl-steps and --warmup must be >= 0 and --group >= 2")
     if args.stage == "teacher":
         if args.layers < 1 or args.hidden < 32 or args.hidden % 32:
             raise ValueError("--layers must be >= 1 and --hidden a positive multiple of 32")
@@ -98,10 +106,16 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
 
     task = read_breadcrumbs_config(args.teacher).task or "countdown"
-    if args.rl_steps < 1:
-        raise ValueError("the student trains on teacher rollouts: pass --rl-steps >= 1")
-    if args.trace_steps < 0 or args.trace_batch < 1:
-        raise ValueError("--trace-steps must be >= 0 and --trace-batch >= 1")
+    if args.trace_steps < 0 or args.trace_batch < 1 or args.trace_ce < 0:
+        raise ValueError("--trace-steps and --trace-ce must be >= 0 and --trace-batch >= 1")
+    if args.rl_steps + args.trace_steps < 1:
+        raise ValueError("the student needs --trace-steps or --rl-steps >= 1")
+    init = None
+    if args.init is not None:
+        if (read_breadcrumbs_config(args.init).task or "countdown") != task:
+            raise ValueError(f"--init {args.init} was trained for another task than the teacher")
+        init = str(Path(args.init).resolve())
     return TrainConfig(task=task, teacher=str(Path(args.teacher).resolve()), ratios=ratios,
                        sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0,
-                       trace_steps=args.trace_steps, sft_batch=args.trace_batch, **common)
+                       trace_steps=args.trace_steps, sft_batch=args.trace_batch,
+                       trace_ce=args.trace_ce, init=init, **common)

@@ -13,7 +13,8 @@ class TrainConfig:
     Step counts are totals for the run: a teacher run does ``sft_steps`` supervised steps, then
     ``rl_steps`` GRPO steps; a student run does ``trace_steps`` distillation steps on solver traces,
     then ``rl_steps`` steps, each one a batch of teacher rollouts that the teacher learns from
-    (joint mode only) and the student distils.
+    (joint mode only) and the student distils. The student's learning rate follows one warmup +
+    cosine schedule over both phases.
     """
 
     stage: str  # "teacher" or "student"
@@ -26,7 +27,7 @@ class TrainConfig:
     sft_steps: int = 1500
     sft_batch: int = 32
     lr: float = 2e-3
-    warmup: int = 50
+    warmup: int = 50  # linear warmup steps before the cosine decay (teacher SFT, student run)
     # GRPO
     rl_steps: int = 0
     rl_problems: int = 8  # problems per step
@@ -38,10 +39,12 @@ class TrainConfig:
     max_tokens: int = 512
     # student
     teacher: str | None = None
+    init: str | None = None  # start the student from this checkpoint instead of the teacher
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
     distill_lr: float = 1e-3
     trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
+    trace_ce: float = 0.0  # warm start: weight of cross-entropy on the trace tokens next to the KL
     # bookkeeping
     eval_every: int = 250
     eval_n: int = 32

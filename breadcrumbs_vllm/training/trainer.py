@@ -7,8 +7,10 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   ``rl_problems`` problems, ``group`` completions are sampled; the verifier's rewards become
   group-relative advantages; a PPO-clipped surrogate over ``ppo_epochs`` gradient steps updates
   the policy.
-* Student: initialised from the teacher with the beacon embedding set to the mean embedding.
-  ``trace_steps`` warm-start steps distil the teacher's logits on solver traces; then each step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
+* Student: initialised from the teacher with the beacon embedding set to the mean embedding
+  (or from ``init``, a warm-started student). ``trace_steps`` warm-start steps distil the
+  teacher's logits on solver traces (plus ``trace_ce`` x cross-entropy on the traces); then each
+  step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
   step on it, and the student always minimises KL(teacher || student) on the same sequences
   under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``. ``sequential``
   keeps the teacher frozen (distillation from a finished teacher), for the ablation.
@@ -116,6 +118,8 @@ class Run:
         teacher, _, self.bc = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
         if resume:
             student, _, _ = load_checkpoint(self.out, attn_implementation="sdpa")
+        elif cfg.init is not None:  # e.g. a warm-started student, shared by the ablation's two arms
+            student, _, _ = load_checkpoint(cfg.init, attn_implementation="sdpa")
         else:
             student, _, _ = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
             init_beacon_embedding(student, self.bc.beacon_token_id)
@@ -176,15 +180,27 @@ class Run:
             logits = self.teacher(**batch.model_inputs()).logits
         return Rollouts(prompts, traces, torch.ones(len(prompts)), logits, batch.labels)
 
-    def student_step(self, rollouts: Rollouts) -> dict:
-        """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio."""
-        rng = random.Random(step_seed(self.cfg, self.step, 2, self.acc.process_index))
-        ratios = [rng.choice(self.cfg.ratios) for _ in rollouts.prompts]
+    def student_step(self, rollouts: Rollouts, ce_weight: float = 0.0) -> dict:
+        """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio.
+
+        ``ce_weight`` adds cross-entropy on the sequences' own tokens: on solver traces (the warm
+        start) those are the correct reasoning, a sharper target than the teacher's soft one.
+        """
+        cfg = self.cfg
+        rng = random.Random(step_seed(cfg, self.step, 2, self.acc.process_index))
+        ratios = [rng.choice(cfg.ratios) for _ in rollouts.prompts]
         batch = self.batch(rollouts.prompts, rollouts.generations, ratios)
+        set_lr(self.student_opt, cfg.distill_lr * lr_factor(self.step, cfg.warmup, cfg.total_steps))
         logits = self.student(**batch.model_inputs()).logits
-        loss = distill_kl(logits, batch.labels, rollouts.teacher_logits, rollouts.teacher_labels)
+        kl = distill_kl(logits, batch.labels, rollouts.teacher_logits, rollouts.teacher_labels)
+        metrics = {"kl": kl.item()}
+        loss = kl
+        if ce_weight:
+            ce = sft_loss(logits, batch.labels)
+            loss = kl + ce_weight * ce
+            metrics["ce"] = ce.item()
         self.update(self.student, self.student_opt, loss)
-        return {"kl": loss.item()}
+        return metrics
 
     # --- helpers -----------------------------------------------------------------------------
     def sample(self, problems: list[Problem]) -> Rollouts:
@@ -267,7 +283,7 @@ class Run:
             if cfg.stage == "teacher" and self.step < cfg.sft_steps:
                 metrics = self.teacher_sft_step()
             elif cfg.stage == "student" and self.step < cfg.trace_steps:
-                metrics = self.student_step(self.trace_rollouts())
+                metrics = self.student_step(self.trace_rollouts(), cfg.trace_ce)
             else:
                 metrics, rollouts = self.rollout_step()
                 if self.student is not None:
