@@ -186,26 +186,35 @@ class RunnerCompression:
 
         A chunk of a compressed request never crosses a beacon, so its physical slots are
         contiguous from ``physical_index(num_computed)``. Its sample is kept only when the chunk
-        reaches the end of the fed sequence (a beacon chunk never does: ``y`` follows it).
+        reaches the end of the fed sequence (a beacon chunk never does: ``y`` follows it). The
+        per-request loop is plain Python; the tensors are written once per step, for all rows
+        (on a GPU every indexed write is a transfer).
         """
         runner = self.runner
         batch = runner.input_batch
-        qsl = runner.query_start_loc.np
-        physical: torch.Tensor | None = None
+        rows, starts, counts = [], [], []
         for i, req_id, comp in self._batch():
             num_computed = int(batch.num_computed_tokens_cpu[i])
             k = int(num_scheduled_tokens[i])
-            start = comp.physical_start(num_computed)
-            if physical is None:
-                physical = runner.positions[: int(qsl[batch.num_reqs])].clone()
-            physical[qsl[i]: qsl[i + 1]] = torch.arange(start, start + k)
-            runner.seq_lens[i] = start + k
-            runner.optimistic_seq_lens_cpu[i] = start + k
             fed_len = comp.schedule.logical_len(len(runner.requests[req_id].output_token_ids))
             runner.discard_request_mask.np[i] = num_computed + k < fed_len
-        if physical is None:
+            rows.append(i)
+            starts.append(comp.physical_start(num_computed))
+            counts.append(k)
+        if not rows:
             return
         num_reqs = batch.num_reqs
+        row, start, count = np.array(rows), np.array(starts), np.array(counts)
+        # Every scheduled token of those rows: where it sits in the flat batch, its physical index.
+        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        flat = np.repeat(runner.query_start_loc.np[row], count) + within
+        physical = runner.positions[: int(runner.query_start_loc.np[num_reqs])].clone()
+        physical[torch.from_numpy(flat).to(physical.device)] = torch.from_numpy(
+            np.repeat(start, count) + within).to(physical)
+        ends = torch.from_numpy(start + count)
+        runner.seq_lens[torch.from_numpy(row).to(runner.seq_lens.device)] = ends.to(runner.seq_lens)
+        runner.optimistic_seq_lens_cpu[torch.from_numpy(row)] = ends.to(
+            runner.optimistic_seq_lens_cpu)
         batch.block_table.compute_slot_mapping(
             num_reqs, runner.query_start_loc.gpu[: num_reqs + 1], physical)
         runner.discard_request_mask.copy_to_gpu(num_reqs)
