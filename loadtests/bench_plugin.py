@@ -6,9 +6,14 @@ the same weights from a copy of the checkpoint without the ``breadcrumbs`` block
 exactly as without the plugin. Prints per setting: generated tokens/s, max and mean (per scheduler
 step) concurrently running requests, peak blocks held by one request, preemptions, and the
 ratios against stock. vLLM admits every request whose prompt fits and preempts later, so the
-mean is the concurrency that actually decodes. Stock runs again at the end as a control.
+mean is the concurrency that actually decodes.
 
-    python loadtests/bench_plugin.py       # defaults: 64 x 1024 tokens, 3 runs each, ~8 min on 2 cores
+Wall-clock speed on a shared machine drifts by more than the differences measured here, so the
+two engines stay up together and the settings run interleaved: every round runs each setting
+once (alternating the order), each tokens/s is divided by the stock figure *of the same round*,
+and the table shows the median of those paired ratios with their range.
+
+    python loadtests/bench_plugin.py       # defaults: 64 x 1024 tokens, 3 rounds, ~8 min on 2 cores
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -34,6 +41,7 @@ RATIOS = (4, 8, 16)
 class Figures:
     setting: str
     tokens_per_s: float
+    tokens_per_cpu_s: float  # per second of this process's CPU time: blind to other tenants
     max_running: int
     mean_running: float
     peak_blocks_per_request: int
@@ -88,24 +96,33 @@ def make_model(out: Path, seed: int) -> tuple[Path, Path]:
     return beacon, stock
 
 
-def run_setting(llm, sampler: StepSampler, name: str, ratio: int | None, args) -> Figures:
-    """The workload ``args.repeats`` times; the median throughput (the schedule is the same)."""
+@dataclass
+class Setting:
+    """One benchmarked configuration: which engine serves it and the ratio its requests ask."""
+
+    name: str
+    llm: object
+    sampler: StepSampler
+    ratio: int | None
+
+
+def run_once(setting: Setting, args) -> Figures:
+    """The workload once on ``setting``: its tokens/s and the scheduler figures of that run."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     prompts = [TokensPrompt(prompt_token_ids=[6 + (i * 7 + j) % 90 for j in range(args.prompt_len)])
                for i in range(args.requests)]
-    extra = None if name.startswith("stock") else {"compression_ratio": ratio}
+    extra = None if setting.name == "stock" else {"compression_ratio": setting.ratio}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
                             extra_args=extra)
-    rates = []
-    for _ in range(args.repeats):
-        sampler.reset()
-        start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        elapsed = time.perf_counter() - start
-        rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / elapsed)
-    return Figures(name, statistics.median(rates), sampler.max_running,
+    sampler = setting.sampler
+    sampler.reset()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    outs = setting.llm.generate(prompts, params, use_tqdm=False)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return Figures(setting.name, tokens / wall, tokens / cpu, sampler.max_running,
                    sampler.running_sum / max(sampler.steps, 1), sampler.peak_blocks,
                    sampler.preemptions)
 
@@ -127,38 +144,58 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--pool-blocks", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per setting (median tok/s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each runs every setting once, in alternating order")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    results: list[Figures] = []
     with tempfile.TemporaryDirectory() as tmp:
-        beacon, stock = make_model(Path(tmp), args.seed)
-        for path, settings in ((stock, [("stock", None)]),
-                               (beacon, [("plugin c=off", None)]
-                                + [(f"plugin c={c}", c) for c in RATIOS]),
-                               # The same stock engine again, last: how much of a difference
-                               # between settings is drift of the machine, not the plugin.
-                               (stock, [("stock (again)", None)])):
-            llm = engine(path, args)
-            sampler = StepSampler(llm)
-            for name, ratio in settings:
-                results.append(run_setting(llm, sampler, name, ratio, args))
-                print(f"done: {results[-1]}", flush=True)
+        beacon_path, stock_path = make_model(Path(tmp), args.seed)
+        # Both engines stay up for the whole run, so the settings can be interleaved.
+        stock, beacon = engine(stock_path, args), engine(beacon_path, args)
+        settings = [Setting("stock", stock, StepSampler(stock), None),
+                    Setting("plugin c=off", beacon, StepSampler(beacon), None)]
+        settings += [Setting(f"plugin c={c}", beacon, settings[1].sampler, c) for c in RATIOS]
+        runs: dict[str, list[Figures]] = {s.name: [] for s in settings}
+        for round_ in tqdm(range(args.rounds), desc="rounds"):
+            # Forward, then backward: a setting's neighbours change, and so a steady drift of the
+            # machine's speed over a round shifts no setting's paired ratio in one direction.
+            for setting in settings if round_ % 2 == 0 else settings[::-1]:
+                runs[setting.name].append(run_once(setting, args))
+        for llm in (stock, beacon):
             llm.llm_engine.engine_core.shutdown()
-            del llm
+        del stock, beacon
+    report(runs, args)
 
-    base = results[0]
+
+def paired(runs: dict[str, list[Figures]], metric: str) -> dict[str, list[float]]:
+    """Each round's figure over the same round's stock figure."""
+    stock = [getattr(f, metric) for f in runs["stock"]]
+    return {name: [getattr(f, metric) / s for f, s in zip(figures, stock)]
+            for name, figures in runs.items()}
+
+
+def report(runs: dict[str, list[Figures]], args) -> None:
+    """The table: medians over rounds; ratios are medians of the paired per-round ratios."""
+    wall, cpu = paired(runs, "tokens_per_s"), paired(runs, "tokens_per_cpu_s")
+    base = runs["stock"][-1]  # the scheduler figures are the same every round
     print(f"\nworkload: {args.requests} requests x {args.max_tokens} tokens, prompt "
           f"{args.prompt_len}, pool {args.pool_blocks} blocks of {args.block_size}, "
-          f"median of {args.repeats} runs")
+          f"{args.rounds} interleaved rounds (tok/s: median; vs stock: median of paired ratios, "
+          "[min, max]; CPU: tokens per CPU-second of this process)")
     print(f"{'setting':<15}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
-          f"{'preempt':>9}{'tok/s vs stock':>16}{'mean run vs stock':>19}")
-    for r in results:
-        print(f"{r.setting:<15}{r.tokens_per_s:>9.1f}{r.max_running:>9}{r.mean_running:>10.1f}"
-              f"{r.peak_blocks_per_request:>14}{r.preemptions:>9}"
-              f"{r.tokens_per_s / base.tokens_per_s:>16.2f}"
-              f"{r.mean_running / base.mean_running:>19.2f}")
+          f"{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}{'CPU vs stock':>14}"
+          f"{'mean run vs stock':>19}")
+    for name, figures in runs.items():
+        f = figures[-1]
+        print(f"{name:<15}{statistics.median(x.tokens_per_s for x in figures):>9.1f}"
+              f"{f.max_running:>9}{f.mean_running:>10.1f}{f.peak_blocks_per_request:>14}"
+              f"{f.preemptions:>9}{statistics.median(wall[name]):>16.3f}"
+              f"  [{min(wall[name]):.3f}, {max(wall[name]):.3f}]"
+              f"{statistics.median(cpu[name]):>14.3f}{f.mean_running / base.mean_running:>19.2f}")
+    print("\ntok/s of each round, in round order:")
+    for name, figures in runs.items():
+        print(f"{name + ':':<15}" + " ".join(f"{x.tokens_per_s:8.1f}" for x in figures))
 
 
 if __name__ == "__main__":
