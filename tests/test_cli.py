@@ -95,3 +95,30 @@ def test_generate_engine_vllm_matches_the_reference_engine(tiny_checkpoint):
     assert got["token_ids"] == ref["token_ids"] and ref["token_ids"]
     assert got["peak_kv_entries"] == ref["peak_kv_entries"]
     assert got["mean_kv_entries"] == pytest.approx(ref["mean_kv_entries"])
+
+
+def test_baselines_compress_the_baseline_model(tiny_checkpoint, tmp_path):
+    """Ratios decode on the student, StreamingLLM / TOVA on the model they are compared against."""
+    from breadcrumbs_vllm.cli.eval import default_baseline_model
+    from breadcrumbs_vllm.evaluation.runner import Evaluator
+    from breadcrumbs_vllm.reference import ReferenceEngine
+    from breadcrumbs_vllm.tasks import get_task
+
+    student, teacher = (ReferenceEngine.from_checkpoint(tiny_checkpoint) for _ in range(2))
+    seen: dict[str, list] = {"student": [], "teacher": []}
+    for name, engine in (("student", student), ("teacher", teacher)):
+        def spy(requests, name=name, generate=engine.generate):
+            seen[name] += [(r.ratio, r.policy) for r in requests]
+            return generate(requests)
+        engine.generate = spy
+    task = get_task("countdown")
+    Evaluator(student, task, 8, progress=False, baseline_engine=teacher).run(
+        task.problems(2, 0), [4], ["streaming"])
+    assert seen["student"] == [(4, None)] * 2
+    assert len(seen["teacher"]) == 2 and all(r is None and p is not None for r, p in seen["teacher"])
+    # breadcrumbs eval's default: a student's baselines run on the teacher its config names.
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "student").mkdir()
+    assert default_baseline_model(tmp_path / "student", "../teacher") == str(tmp_path / "student" / "../teacher")
+    assert default_baseline_model(tmp_path / "student", "../missing") == str(tmp_path / "student")
+    assert default_baseline_model(tmp_path / "student", None) == str(tmp_path / "student")

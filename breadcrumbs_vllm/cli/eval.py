@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--ratios", default="none,2,4,8,16")
     p.add_argument("--baselines", default="streaming,tova", help="comma list, or '' for none")
+    p.add_argument("--baseline-model", default=None,
+                   help="the model the baselines compress (default: the teacher a student's "
+                        "config names, else --model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
     p.set_defaults(func=run)
@@ -44,10 +47,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n, --max-tokens and --batch-size must be positive")
 
     engine = ReferenceEngine.from_checkpoint(args.model)
+    baseline_model = args.baseline_model or default_baseline_model(Path(args.model), bc.teacher)
+    baseline_engine = None
+    if baselines and Path(baseline_model).resolve() != Path(args.model).resolve():
+        read_breadcrumbs_config(baseline_model)  # a one-line error if it is not a checkpoint
+        baseline_engine = ReferenceEngine.from_checkpoint(baseline_model)
     problems = task.problems(args.n, args.seed)
-    rows = Evaluator(engine, task, args.max_tokens, args.batch_size).run(problems, ratios, baselines)
+    rows = Evaluator(engine, task, args.max_tokens, args.batch_size,
+                     baseline_engine=baseline_engine).run(problems, ratios, baselines)
 
     title = f"{task.name}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
+    if baselines:
+        title += f"; baselines on {Path(baseline_model).name}"
     print_table(rows, title)
     out = Path(args.out)
     write_json(rows, out)
@@ -55,3 +66,10 @@ def run(args: argparse.Namespace) -> int:
     plot_frontier(rows, plot, title)
     print(f"wrote {out} and {plot}")
     return 0
+
+
+def default_baseline_model(model: Path, teacher: str | None) -> str:
+    """A student's baselines compress its teacher (the paper's comparison); else the model itself."""
+    if teacher is not None and (model / teacher).is_dir():
+        return str(model / teacher)
+    return str(model)

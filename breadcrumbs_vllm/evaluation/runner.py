@@ -1,8 +1,9 @@
 """Held-out evaluation: accuracy against KV entries for each ratio and each training-free baseline.
 
 Every setting decodes the same problems. A baseline row matches one ratio: each problem runs the
-uncompressed model under the baseline's policy with a KV budget equal to the peak that problem
-reached at that ratio, so the comparison is at the same peak memory, sequence by sequence.
+baseline model (a student's teacher, by default in ``breadcrumbs eval``) under the baseline's
+policy with a KV budget equal to the peak that problem reached at that ratio, so the comparison is
+at the same peak memory, sequence by sequence.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class Evaluator:
     """Decodes problems in batches and scores them with the task's verifier."""
 
     def __init__(self, engine: ReferenceEngine, task: Task, max_tokens: int, batch_size: int = 32,
-                 temperature: float = 0.0, progress: bool = True) -> None:
+                 temperature: float = 0.0, progress: bool = True,
+                 baseline_engine: ReferenceEngine | None = None) -> None:
         self.engine = engine
+        #: Runs the baselines: StreamingLLM / TOVA are applied to an uncompressed model.
+        self.baseline_engine = baseline_engine or engine
         self.task = task
         self.max_tokens = max_tokens
         self.batch_size = batch_size
@@ -69,20 +73,22 @@ class Evaluator:
         rows: list[EvalRow] = []
         peaks: dict[int, list[int]] = {}
         for ratio in ratios:
-            results = self._decode(prompts, bar, lambda i, ratio=ratio: {"ratio": ratio})
+            results = self._decode(self.engine, prompts, bar, lambda i, ratio=ratio: {"ratio": ratio})
             rows.append(self._row("none" if ratio is None else f"c={ratio}", ratio, None,
                                   problems, results))
             if ratio is not None:
                 peaks[ratio] = [r.peak_kv_entries for r in results]
         for name in baselines:
             for ratio, budget in peaks.items():
-                results = self._decode(prompts, bar, lambda i, name=name, budget=budget: {
-                    "policy": make_policy(name, budget[i])})
+                results = self._decode(self.baseline_engine, prompts, bar,
+                                       lambda i, name=name, budget=budget: {
+                                           "policy": make_policy(name, budget[i])})
                 rows.append(self._row(name, ratio, sum(budget) / len(budget), problems, results))
         bar.close()
         return rows
 
-    def _decode(self, prompts: list[list[int]], bar: tqdm, options) -> list[GenerationResult]:
+    def _decode(self, engine: ReferenceEngine, prompts: list[list[int]], bar: tqdm,
+                options) -> list[GenerationResult]:
         results: list[GenerationResult] = []
         for start in range(0, len(prompts), self.batch_size):
             requests = [
@@ -90,7 +96,7 @@ class Evaluator:
                                   temperature=self.temperature, seed=i, **options(i))
                 for i in range(start, min(start + self.batch_size, len(prompts)))
             ]
-            results.extend(self.engine.generate(requests))
+            results.extend(engine.generate(requests))
             bar.update(len(requests))
         return results
 
