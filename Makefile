@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
-.PHONY: setup serve test eval lint
+.PHONY: setup serve test eval lint teacher student ablation
 
 setup: $(STAMP)
 
@@ -31,3 +31,25 @@ eval: setup
 
 lint: setup
 	$(BIN)/ruff check breadcrumbs_vllm server tests loadtests
+
+# Reproduce the bundled models (docs/training.md): each within 90 minutes on 2 CPU cores.
+TRAIN := $(BIN)/breadcrumbs train
+STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
+	--eval-n 16 --eval-every 100000 --seed 0 --threads 2
+ROLLOUTS := --init runs/student-warm --rl-steps 20 --rl-problems 4 --group 4 --temperature 0.7 \
+	--distill-lr 2e-4 --warmup 0
+
+teacher: setup  # models/countdown-teacher, 62 min
+	$(TRAIN) teacher --out runs/teacher --layers 4 --hidden 128 --sft-steps 1800 --sft-batch 32 \
+		--lr 2e-3 --rl-steps 20 --rl-problems 8 --group 8 --temperature 0.7 --eval-every 600 \
+		--eval-n 32 --seed 0 --threads 2
+
+runs/student-warm/trainer_state.pt: | setup  # warm start on solver traces, 63 min
+	$(TRAIN) $(STUDENT) --out runs/student-warm --trace-steps 1150 --trace-batch 32 --trace-ce 1 \
+		--distill-lr 2e-3 --warmup 50 --sequential
+
+student: runs/student-warm/trainer_state.pt  # models/countdown-student: + 20 joint steps, 3 min
+	$(TRAIN) $(STUDENT) --out runs/student-joint $(ROLLOUTS)
+
+ablation: runs/student-warm/trainer_state.pt  # the sequential arm, same steps from the same start
+	$(TRAIN) $(STUDENT) --out runs/student-seq $(ROLLOUTS) --sequential
