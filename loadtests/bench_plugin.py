@@ -41,7 +41,6 @@ RATIOS = (4, 8, 16)
 class Figures:
     setting: str
     tokens_per_s: float
-    tokens_per_cpu_s: float  # per second of this process's CPU time: blind to other tenants
     max_running: int
     mean_running: float
     peak_blocks_per_request: int
@@ -118,11 +117,10 @@ def run_once(setting: Setting, args) -> Figures:
                             extra_args=extra)
     sampler = setting.sampler
     sampler.reset()
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     outs = setting.llm.generate(prompts, params, use_tqdm=False)
-    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return Figures(setting.name, tokens / wall, tokens / cpu, sampler.max_running,
+    return Figures(setting.name, tokens / (time.perf_counter() - start), sampler.max_running,
                    sampler.running_sum / max(sampler.steps, 1), sampler.peak_blocks,
                    sampler.preemptions)
 
@@ -168,31 +166,30 @@ def main() -> None:
     report(runs, args)
 
 
-def paired(runs: dict[str, list[Figures]], metric: str) -> dict[str, list[float]]:
-    """Each round's figure over the same round's stock figure."""
-    stock = [getattr(f, metric) for f in runs["stock"]]
-    return {name: [getattr(f, metric) / s for f, s in zip(figures, stock)]
+def paired(runs: dict[str, list[Figures]]) -> dict[str, list[float]]:
+    """Each round's tokens/s over the same round's stock tokens/s."""
+    stock = [f.tokens_per_s for f in runs["stock"]]
+    return {name: [f.tokens_per_s / s for f, s in zip(figures, stock)]
             for name, figures in runs.items()}
 
 
 def report(runs: dict[str, list[Figures]], args) -> None:
     """The table: medians over rounds; ratios are medians of the paired per-round ratios."""
-    wall, cpu = paired(runs, "tokens_per_s"), paired(runs, "tokens_per_cpu_s")
+    wall = paired(runs)
     base = runs["stock"][-1]  # the scheduler figures are the same every round
     print(f"\nworkload: {args.requests} requests x {args.max_tokens} tokens, prompt "
           f"{args.prompt_len}, pool {args.pool_blocks} blocks of {args.block_size}, "
           f"{args.rounds} interleaved rounds (tok/s: median; vs stock: median of paired ratios, "
-          "[min, max]; CPU: tokens per CPU-second of this process)")
+          "[min, max])")
     print(f"{'setting':<15}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
-          f"{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}{'CPU vs stock':>14}"
-          f"{'mean run vs stock':>19}")
+          f"{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}{'mean run vs stock':>18}")
     for name, figures in runs.items():
         f = figures[-1]
         print(f"{name:<15}{statistics.median(x.tokens_per_s for x in figures):>9.1f}"
               f"{f.max_running:>9}{f.mean_running:>10.1f}{f.peak_blocks_per_request:>14}"
               f"{f.preemptions:>9}{statistics.median(wall[name]):>16.3f}"
               f"  [{min(wall[name]):.3f}, {max(wall[name]):.3f}]"
-              f"{statistics.median(cpu[name]):>14.3f}{f.mean_running / base.mean_running:>19.2f}")
+              f"{f.mean_running / base.mean_running:>18.2f}")
     print("\ntok/s of each round, in round order:")
     for name, figures in runs.items():
         print(f"{name + ':':<15}" + " ".join(f"{x.tokens_per_s:8.1f}" for x in figures))
