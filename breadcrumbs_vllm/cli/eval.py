@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     baseline_model = args.baseline_model or default_baseline_model(Path(args.model), bc.teacher)
     baseline_engine = None
     if baselines and Path(baseline_model).resolve() != Path(args.model).resolve():
-        read_breadcrumbs_config(baseline_model)  # a one-line error if it is not a checkpoint
         baseline_engine = ReferenceEngine.from_checkpoint(baseline_model)
     problems = task.problems(args.n, args.seed)
     rows = Evaluator(engine, task, args.max_tokens, args.batch_size,

@@ -24,9 +24,10 @@ class BeaconModel:
             return None
         return cls(BreadcrumbsConfig.from_dict(block))
 
-    def compression(self, prompt_len: int, extra_args: dict | None) -> RequestCompression | None:
-        """The request's compression state, or ``None`` when it runs uncompressed."""
-        ratio = resolve_ratio(extra_args, self.bc)
+    def compression(self, prompt_len: int, params: Any) -> RequestCompression | None:
+        """The request's compression state (from its ``SamplingParams``, which may be ``None``:
+        pooling requests carry none), or ``None`` when it runs uncompressed."""
+        ratio = resolve_ratio(params.extra_args if params is not None else None, self.bc)
         if ratio is None:
             return None
         return RequestCompression(BeaconSchedule(prompt_len, ratio), self.bc.beacon_token_id)

@@ -91,7 +91,7 @@ def _wrap_validate_params(original):
         model = BeaconModel.from_model_config(self.model_config)
         if model is not None and isinstance(params, SamplingParams):
             try:
-                model.compression(0, params.extra_args)
+                model.compression(0, params)
             except ValueError as exc:  # names the supported ratios
                 raise UnsupportedRatioError(str(exc)) from None
         return result

@@ -93,9 +93,7 @@ class BreadcrumbsScheduler(Scheduler):
         self.kv_cache_manager.attach(self.compressed, self.compression_stats)
 
     def add_request(self, request: Request) -> None:
-        params = request.sampling_params
-        comp = self.beacon_model.compression(
-            request.num_prompt_tokens, params.extra_args if params else None)
+        comp = self.beacon_model.compression(request.num_prompt_tokens, request.sampling_params)
         if comp is not None:
             self.compressed[request.request_id] = comp
         super().add_request(request)

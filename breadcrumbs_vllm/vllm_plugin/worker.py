@@ -103,9 +103,7 @@ class RunnerCompression:
         for req_id in scheduler_output.finished_req_ids:
             self._requests.pop(req_id, None)
         for new in scheduler_output.scheduled_new_reqs:
-            params = new.sampling_params
-            comp = self.beacon_model.compression(
-                len(new.prompt_token_ids), params.extra_args if params else None)
+            comp = self.beacon_model.compression(len(new.prompt_token_ids), new.sampling_params)
             if comp is not None:
                 self._requests[new.req_id] = comp
 
