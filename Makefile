@@ -35,9 +35,10 @@ lint: setup
 # Reproduce the bundled models (docs/training.md): each within 90 minutes on 2 CPU cores.
 TRAIN := $(BIN)/breadcrumbs train
 STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
-	--eval-n 16 --eval-every 100000 --seed 0 --threads 2
+	--eval-n 16 --eval-every 100000 --threads 2
+TRACES := --trace-batch 32 --trace-ce 1 --sequential
 ROLLOUTS := --init runs/student-warm --rl-steps 20 --rl-problems 4 --group 4 --temperature 0.7 \
-	--distill-lr 2e-4 --warmup 0
+	--distill-lr 2e-4 --warmup 0 --seed 0
 
 teacher: setup  # models/countdown-teacher, 62 min
 	$(TRAIN) teacher --out runs/teacher --layers 4 --hidden 128 --sft-steps 1800 --sft-batch 32 \
@@ -45,11 +46,15 @@ teacher: setup  # models/countdown-teacher, 62 min
 		--eval-n 32 --seed 0 --threads 2
 
 runs/student-warm/trainer_state.pt: | setup  # warm start on solver traces, 63 min
-	$(TRAIN) $(STUDENT) --out runs/student-warm --trace-steps 1150 --trace-batch 32 --trace-ce 1 \
-		--distill-lr 2e-3 --warmup 50 --sequential
+	$(TRAIN) $(STUDENT) --out runs/student-warm --trace-steps 1150 $(TRACES) --distill-lr 2e-3 \
+		--warmup 50 --seed 0
 
-student: runs/student-warm/trainer_state.pt  # models/countdown-student: + 20 joint steps, 3 min
+runs/student-warm2/trainer_state.pt: runs/student-warm/trainer_state.pt  # 480 more steps, 26 min
+	$(TRAIN) $(STUDENT) --out runs/student-warm2 --init runs/student-warm --trace-steps 480 \
+		$(TRACES) --distill-lr 6e-4 --warmup 20 --seed 1
+
+student: runs/student-warm2/trainer_state.pt  # models/countdown-student: runs/student-warm2, 89 min
+
+ablation: runs/student-warm/trainer_state.pt  # joint vs sequential: 20 rollout steps each, 3 min each
 	$(TRAIN) $(STUDENT) --out runs/student-joint $(ROLLOUTS)
-
-ablation: runs/student-warm/trainer_state.pt  # the sequential arm, same steps from the same start
 	$(TRAIN) $(STUDENT) --out runs/student-seq $(ROLLOUTS) --sequential

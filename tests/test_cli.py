@@ -52,7 +52,9 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     assert settings == ["none", "c=4", "c=8", "streaming", "streaming", "tova", "tova"]
     for row in rows:
         assert {"setting", "ratio", "budget", "accuracy", "mean_generated_tokens",
-                "mean_kv_entries", "peak_kv_entries"} <= set(row)
+                "mean_kv_entries", "peak_kv_entries", "failures"} <= set(row)
+        # Every failed problem is diagnosed once (a random model's text is no trace).
+        assert sum(row["failures"].values()) == round(row["n"] * (1 - row["accuracy"]))
     # Baselines run at the peak budget of the ratio they match.
     by = {(r["setting"], r["ratio"]): r for r in rows}
     assert by[("streaming", 8)]["budget"] == pytest.approx(by[("c=8", 8)]["peak_kv_entries"])

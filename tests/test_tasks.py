@@ -143,6 +143,10 @@ def test_countdown_trace_is_a_depth_first_search(seed):
     trace = task.solve(problem)
     replay(problem.data["numbers"], problem.data["target"], trace)
     assert trace.count("\nback [") >= 1  # default min_backtracks
+    # The diagnosis replays it too: no faulty line, whatever the answer line says.
+    assert task.diagnose(problem, trace) == "correct"
+    assert task.diagnose(problem, trace.rsplit("\n", 1)[0]) == "no answer"
+    assert task.diagnose(problem, with_answer(trace, str(problem.data["target"]))) == "wrong answer"
 
 
 @SETTINGS
@@ -169,6 +173,44 @@ def test_countdown_corrupted_answers_score_zero(seed):
     for answer in corrupted:
         assert task.verify(problem, with_answer(trace, answer)) == 0.0, answer
     assert task.verify(problem, with_answer(trace, " ".join(expr))) == 1.0  # spaces are fine
+
+
+# The module docstring's example: 19 9 15 16 -> 21.
+EXAMPLE = Problem("countdown", "Use 19 9 15 16 to make 21 with + - * /, each at most once.",
+                  {"numbers": [19, 9, 15, 16], "target": 21})
+EXAMPLE_TRACE = """15+9=24 [19 16 24]
+24-16=8 [19 8]
+19+8=27 x
+back [19 16 24]
+19+16=35 [24 35]
+35-24=11 x
+back [19 16 24]
+24-19=5 [16 5]
+16+5=21
+Answer: 16+(15+9-19)"""
+
+
+@pytest.mark.parametrize("line,replacement,fault", [
+    (0, "15+9=23 [19 16 23]", "arithmetic"),
+    (0, "15+8=23 [19 16 23]", "operand"),  # there is no 8 to use
+    (4, "19+19=38 [16 24 38]", "operand"),  # one 19 only
+    (0, "15+9=24 [19 24]", "state"),
+    (3, "back [19 16 25]", "backtrack"),
+    # Backtracking two levels at once is sound; the next line is then checked at the root.
+    (6, "back [19 9 15 16]", "operand"),
+    (2, "19+8=27", "verdict"),  # claims the target
+    (8, "16+5=21 x", "verdict"),  # calls the target a miss
+    (1, "24 minus 16", "format"),
+    (3, "back to the start", "format"),
+])
+def test_countdown_diagnose_names_the_first_faulty_line(line, replacement, fault):
+    task = get_task("countdown")
+    assert task.solve(EXAMPLE) == EXAMPLE_TRACE
+    lines = EXAMPLE_TRACE.splitlines()
+    lines[line] = replacement
+    # The answer is broken too, so that every corruption is a failed completion.
+    text = with_answer("\n".join(lines), "16+15+9")
+    assert task.diagnose(EXAMPLE, text) == fault
 
 
 @pytest.mark.parametrize("expr,numbers,value", [

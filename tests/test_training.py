@@ -4,6 +4,8 @@ falls, its checkpoint round-trips, and a paused run resumes where it stopped."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,27 @@ def test_student_trace_cross_entropy_and_init(teacher: Path) -> None:
     start, _, _ = load_checkpoint(warm)
     for a, b in zip(start.parameters(), load_checkpoint(again)[0].parameters()):
         assert torch.equal(a, b)
+
+
+def test_student_bf16_autocast_trains_in_float32_weights(teacher: Path) -> None:
+    fp32 = teacher.parent / "student-traces"  # from the test above: same seed, float32
+    out = teacher.parent / "student-bf16"
+    # Its own process: accelerate fixes the precision once per process, as `accelerate launch` does.
+    proc = subprocess.run(
+        [sys.executable, "-m", "breadcrumbs_vllm.cli", "train", "student", "--teacher", str(teacher),
+         "--out", str(out), "--ratios", "2,4", "--trace-steps", "12", "--trace-batch", "4",
+         "--rl-steps", "1", "--warmup", "2", "--distill-lr", "1e-2", "--sequential",
+         "--eval-every", "100", "--mixed-precision", "bf16", *TINY],
+        check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "training_config.json").read_text())["mixed_precision"] == "bf16"
+    kl = [row["kl"] for row in log_of(out)[:12]]
+    assert sum(kl[-3:]) < sum(kl[:3])
+    # Step 1 sees the same batch and the same weights in both runs: only the precision differs.
+    first = log_of(fp32)[0]["kl"]
+    assert kl[0] != first and kl[0] == pytest.approx(first, rel=0.05)
+    model, _, _ = load_checkpoint(out)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_grpo_skips_the_update_when_no_group_has_signal(teacher: Path, tmp_path: Path) -> None:

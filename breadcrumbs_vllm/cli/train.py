@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="stop (with a checkpoint) after this long; continue with --resume")
         s.add_argument("--resume", action="store_true", help="continue the run in --out")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        s.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                       help="bf16: forward passes under autocast, float32 weights")
         s.set_defaults(func=run)
 
 
@@ -92,7 +94,7 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
               "rl_problems": args.rl_problems, "group": args.group, "rl_lr": args.rl_lr,
               "clip": args.clip, "temperature": args.temperature, "max_tokens": args.max_tokens,
               "eval_every": args.eval_every, "eval_n": args.eval_n, "save_every": args.save_every,
-              "warmup": args.warmup}
+              "warmup": args.warmup, "mixed_precision": args.mixed_precision}
     if args.rl_steps < 0 or args.warmup < 0 or args.group < 2 and args.rl_steps:
         raise ValueError("--rl-steps and --warmup must be >= 0 and --group >= 2")
     if args.stage == "teacher":

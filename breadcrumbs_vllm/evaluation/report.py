@@ -22,7 +22,13 @@ def print_table(rows: Sequence[EvalRow], title: str) -> None:
             "-" if r.budget is None else f"{r.budget:.1f}", f"{r.accuracy:.1%}",
             f"{r.mean_generated_tokens:.1f}", f"{r.mean_kv_entries:.1f}", f"{r.peak_kv_entries:.1f}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("failures, by the first faulty step:")
+    for r in rows:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in r.failures.items()) or "none"
+        where = "" if r.budget is None else f" at the c={r.ratio} peaks"  # a baseline row
+        console.print(f"  {r.setting}{where}: {kinds}")
 
 
 def write_json(rows: Sequence[EvalRow], path: Path) -> None:

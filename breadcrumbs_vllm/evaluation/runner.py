@@ -8,8 +8,9 @@ at the same peak memory, sequence by sequence.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -35,6 +36,8 @@ class EvalRow:
     peak_kv_entries: float  # mean over sequences of each sequence's peak
     max_peak_kv_entries: int
     n: int
+    #: Failed completions by the task's diagnosis (``Task.diagnose``), most frequent first.
+    failures: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,10 +106,9 @@ class Evaluator:
     def _row(self, setting: str, ratio: int | None, budget: float | None,
              problems: Sequence[Problem], results: list[GenerationResult]) -> EvalRow:
         assert self.engine.tokenizer is not None
-        correct = 0.0
-        for problem, res in zip(problems, results, strict=True):
-            text = self.engine.tokenizer.decode(res.token_ids, skip_special_tokens=True)
-            correct += self.task.verify(problem, text)
+        texts = [self.engine.tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
+        verdicts = Counter(self.task.diagnose(p, t) for p, t in zip(problems, texts, strict=True))
+        correct = verdicts.pop("correct", 0)
         n = len(results)
         return EvalRow(
             setting=setting,
@@ -118,4 +120,5 @@ class Evaluator:
             peak_kv_entries=sum(r.peak_kv_entries for r in results) / n,
             max_peak_kv_entries=max(r.peak_kv_entries for r in results),
             n=n,
+            failures=dict(verdicts.most_common()),
         )

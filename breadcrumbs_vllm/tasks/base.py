@@ -63,6 +63,17 @@ class Task(ABC):
         answer = final_answer(completion)
         return 1.0 if answer is not None and self.check_answer(problem, answer) else 0.0
 
+    def diagnose(self, problem: Problem, completion: str) -> str:
+        """Why a completion failed, as a short category (``"correct"`` when it did not fail).
+
+        Accuracy says how often a compressed model fails; the categories say where it loses the
+        thread. This base version only tells a missing answer from a wrong one; tasks whose
+        traces can be checked line by line override it to name the first faulty step.
+        """
+        if self.verify(problem, completion):
+            return "correct"
+        return "no answer" if final_answer(completion) is None else "wrong answer"
+
     def problems(self, n: int, seed: int) -> list[Problem]:
         """``n`` problems from a fixed seed (held-out sets use a seed the training never uses)."""
         rng = random.Random(seed)

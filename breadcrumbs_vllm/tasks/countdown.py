@@ -29,11 +29,15 @@ their operands (x*1, x/1) are skipped: leaving a number unused does the same.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 
-from breadcrumbs_vllm.tasks.base import Problem, Task
+from breadcrumbs_vllm.tasks.base import ANSWER_PREFIX, Problem, Task
+
+_STEP = re.compile(r"([0-9]{1,9})([-+*/])([0-9]{1,9})=(-?[0-9]{1,9})(.*)")
+_STATE = re.compile(r"\[([0-9]{1,9}( [0-9]{1,9})*)\]")
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -180,6 +184,67 @@ class Countdown(Task):
     def check_answer(self, problem: Problem, answer: str) -> bool:
         value = evaluate(answer, problem.data["numbers"])
         return value is not None and value == problem.data["target"]
+
+    def diagnose(self, problem: Problem, completion: str) -> str:
+        """The first faulty line of a failed trace, replayed against the search it describes.
+
+        Categories: ``arithmetic`` (``a op b`` is not the value written), ``operand`` (a number
+        not left in the current state), ``state`` (the bracket is not what is left), ``backtrack``
+        (``back [..]`` names no state on the current path), ``verdict`` (a step wrongly marked
+        as hitting or missing the target), ``format`` (not a trace line), ``wrong answer`` (every
+        step sound, the ``Answer:`` line not), ``no answer``.
+        """
+        if self.verify(problem, completion):
+            return "correct"
+        target = problem.data["target"]
+        path = [sorted(problem.data["numbers"])]  # the state each open branch started from
+        for line in filter(None, (ln.strip() for ln in completion.split("\n"))):
+            if line.startswith(ANSWER_PREFIX):
+                return "wrong answer"
+            if line.startswith("back"):
+                wanted = _parse_state(line[len("back"):].strip())
+                path.pop()  # the branch that just failed
+                while path and path[-1] != wanted:
+                    path.pop()
+                if not path:
+                    return "backtrack" if wanted is not None else "format"
+                continue
+            fault = _check_step(line, path, target)
+            if fault is not None:
+                return fault
+        return "no answer"
+
+
+def _parse_state(text: str) -> list[int] | None:
+    """``"[19 16 24]"`` -> ``[16, 19, 24]`` (sorted, so states compare as multisets)."""
+    match = _STATE.fullmatch(text)
+    return None if match is None else sorted(int(n) for n in match.group(1).split())
+
+
+def _check_step(line: str, path: list[list[int]], target: int) -> str | None:
+    """Check one operation line against the current state; push the state it opens."""
+    match = _STEP.fullmatch(line)
+    if match is None:
+        return "format"
+    a, op, b, value, rest = int(match[1]), match[2], int(match[3]), int(match[4]), match[5].strip()
+    left = Counter(path[-1])
+    left[a] -= 1
+    left[b] -= 1
+    if min(left.values()) < 0:
+        return "operand"
+    if apply_op(a, op, b) != value:
+        return "arithmetic"
+    if rest == "":  # the trace claims the target
+        return None if value == target else "verdict"
+    if rest == "x":  # the trace claims a miss
+        return None if value != target else "verdict"
+    state = _parse_state(rest)
+    if state is None:
+        return "format"
+    if state != sorted([*left.elements(), value]):
+        return "state"
+    path.append(state)
+    return None
 
 
 class _Reject(Exception):

@@ -45,6 +45,9 @@ class TrainConfig:
     distill_lr: float = 1e-3
     trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
     trace_ce: float = 0.0  # warm start: weight of cross-entropy on the trace tokens next to the KL
+    # compute: "bf16" runs forward passes under autocast (accelerate's mixed precision, the usual
+    # choice on GPUs); weights and optimiser state stay float32
+    mixed_precision: str = "no"
     # bookkeeping
     eval_every: int = 250
     eval_n: int = 32

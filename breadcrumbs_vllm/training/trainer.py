@@ -83,7 +83,8 @@ class Run:
         self.cfg = cfg
         self.out = out
         self.teacher_out = teacher_out
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(),
+                               mixed_precision=cfg.mixed_precision)
         self.task = get_task(cfg.task)
         self.step = 0
         self.log: list[dict] = []
