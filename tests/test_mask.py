@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from breadcrumbs_vllm.checkpoint import init_model
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
-from breadcrumbs_vllm.training.mask import IGNORE_INDEX, beacon_mask, build_beacon_batch
+from breadcrumbs_vllm.training.mask import beacon_mask, build_beacon_batch, pack
 
 RATIOS = st.sampled_from([None, 2, 3, 4, 8])
 
@@ -32,7 +32,7 @@ MODELS = _models()
     model_idx=st.integers(0, len(MODELS) - 1),
     cases=st.lists(
         st.tuples(st.integers(1, 13), RATIOS, st.integers(1, 40), st.integers(0, 10_000)),
-        min_size=1, max_size=3,
+        min_size=1, max_size=5,
     ),
     sampled=st.booleans(),
 )
@@ -53,12 +53,11 @@ def test_masked_forward_equals_incremental_decoding(model_idx, cases, sampled):
         [r.ratio for r in requests], bc.beacon_token_id, tokenizer.pad_token_id,
     )
     with torch.no_grad():
-        logits = model(**batch.model_inputs()).logits
-    for b, res in enumerate(results):
-        predicting = batch.labels[b] != IGNORE_INDEX
-        assert int(predicting.sum()) == len(res.token_ids)
-        assert torch.equal(batch.labels[b][predicting], torch.tensor(res.token_ids))
-        diff = (logits[b][predicting] - res.logits).abs().max().item()
+        logits = batch.gather(model(**batch.model_inputs()).logits)
+    for b, res in enumerate(results):  # sequences may share a row: each is checked on its own
+        mine = batch.owner == b
+        assert torch.equal(batch.targets[mine], torch.tensor(res.token_ids))
+        diff = (logits[mine] - res.logits).abs().max().item()
         assert diff < 1e-4, f"masked forward differs from real eviction by {diff}"
 
 
@@ -74,8 +73,7 @@ def test_masked_forward_detects_a_wrong_mask(tiny_model):
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                        attention_mask=causal).logits
-    predicting = batch.labels[0] != IGNORE_INDEX
-    assert (logits[0][predicting] - res.logits).abs().max() > 1e-2
+    assert (batch.gather(logits) - res.logits).abs().max() > 1e-2
 
 
 def test_beacon_mask_by_hand():
@@ -91,3 +89,22 @@ def test_beacon_mask_by_hand():
         [1, 1, 0, 0, 1, 1],  # g3 (window 2) sees prompt, b1, itself
     ], dtype=torch.bool)
     assert torch.equal(beacon_mask(kinds, windows), expected)
+
+
+def test_pack_is_first_fit_decreasing():
+    assert pack([5, 3, 2, 4, 1], width=5) == [[0], [3, 4], [1, 2]]
+    assert pack([2, 2], width=2) == [[0], [1]]
+
+
+def test_packed_sequences_do_not_see_each_other():
+    """Three sequences in two rows give each the logits it gets alone in a batch of one."""
+    model, _, _ = MODELS[0]
+    prompts, generations, ratios = [[20, 21], [30], [40, 41, 42]], [list(range(50, 70)), [60, 61, 62], [70] * 5], [2, None, 4]
+    batch = build_beacon_batch(prompts, generations, ratios, beacon_id=9, pad_id=0)
+    assert batch.input_ids.shape[0] == 2  # the two short ones share a row
+    with torch.no_grad():
+        packed = batch.gather(model(**batch.model_inputs()).logits)
+        for i, args in enumerate(zip(prompts, generations, ratios)):
+            alone = build_beacon_batch(*([a] for a in args), beacon_id=9, pad_id=0)
+            expected = alone.gather(model(**alone.model_inputs()).logits)
+            assert (packed[batch.owner == i] - expected).abs().max() < 1e-5

@@ -14,7 +14,7 @@ import torch
 from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
 from breadcrumbs_vllm.training.config import TrainConfig
-from breadcrumbs_vllm.training.losses import distill_kl, group_advantages
+from breadcrumbs_vllm.training.losses import distill_kl, group_advantages, token_logprobs
 from breadcrumbs_vllm.training.mask import build_beacon_batch
 from breadcrumbs_vllm.training.trainer import STATE_FILE, Run
 
@@ -94,13 +94,16 @@ def test_distill_kl_ignores_beacons_and_is_zero_for_equal_models() -> None:
     torch.manual_seed(0)
     teacher = build_beacon_batch([[1, 2]], [[3, 4, 5, 6, 7]], [None], beacon_id=9, pad_id=0)
     student = build_beacon_batch([[1, 2]], [[3, 4, 5, 6, 7]], [2], beacon_id=9, pad_id=0)
-    t_logits = torch.randn(1, teacher.labels.shape[1], 10)
-    s_logits = torch.randn(1, student.labels.shape[1], 10)
+    assert torch.equal(student.targets, teacher.targets)
+    t_logits = torch.randn(1, teacher.input_ids.shape[1], 10)
+    s_logits = torch.randn(1, student.input_ids.shape[1], 10)
     # Put the teacher's distributions at the student's non-beacon predicting positions.
-    s_logits[student.labels != -100] = t_logits[teacher.labels != -100]
-    assert distill_kl(s_logits, student.labels, t_logits, teacher.labels).abs() < 1e-5
+    s_logits.view(-1, 10)[student.index] = teacher.gather(t_logits)
+    assert distill_kl(student.gather(s_logits), teacher.gather(t_logits)).abs() < 1e-5
     s_logits[student.is_beacon] = 100.0  # beacon outputs are ignored
-    assert distill_kl(s_logits, student.labels, t_logits, teacher.labels).abs() < 1e-5
+    assert distill_kl(student.gather(s_logits), teacher.gather(t_logits)).abs() < 1e-5
+    s_logits.view(-1, 10)[student.index[0], 0] += 1.0  # a predicting position is not
+    assert distill_kl(student.gather(s_logits), teacher.gather(t_logits)) > 1e-3
 
 
 def test_group_advantages_are_relative_within_groups() -> None:
@@ -172,3 +175,38 @@ def test_grpo_skips_the_update_when_no_group_has_signal(teacher: Path, tmp_path:
     metrics, rollouts = run.rollout_step()  # an untrained model earns no reward in 8 tokens
     assert rollouts.rewards.sum() == 0 and "rl_loss" not in metrics
     assert all(torch.equal(a, b) for a, b in zip(before, run.teacher.parameters()))
+
+
+def test_grpo_raises_the_rewarded_sequences_and_lowers_the_others(tmp_path: Path) -> None:
+    """Each token's advantage is its own sequence's: the rewarded sample gains log-probability."""
+    cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=1, rl_problems=2, group=2,
+                      max_tokens=8, layers=1, hidden=64, rl_lr=1e-3, temperature=1.0)
+    run = Run(cfg, tmp_path / "teacher")
+    calls = iter(range(100))
+    run.task.verify = lambda problem, text: float(next(calls) % 2 == 0)  # first of each group wins
+
+    metrics, rollouts = run.rollout_step()
+    assert rollouts.rewards.tolist() == [1.0, 0.0, 1.0, 0.0] and "rl_loss" in metrics
+    batch = run.batch(rollouts.prompts, rollouts.generations, [None] * 4)
+
+    def per_sequence(logits: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(4).index_add_(0, batch.owner, token_logprobs(logits, batch.targets))
+
+    before = per_sequence(rollouts.teacher_logits)  # the sampling policy's
+    with torch.no_grad():
+        after = per_sequence(run.predict(run.teacher, batch))
+    assert after[0] > before[0] and after[2] > before[2]
+    assert after[1] < before[1] and after[3] < before[3]
+
+
+def test_bench_training_prints_one_row_per_setting() -> None:
+    """The packing benchmark runs end to end (figures are not asserted: timings are no test)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_training.py"),
+                           "--model", str(root / "models" / "countdown-teacher"), "--batch", "4",
+                           "--rounds", "2", "--threads", "1"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split()[:2] for line in done.stdout.splitlines()
+            if line.startswith(("padded ", "packed "))]
+    assert rows == [["padded", "float32"], ["packed", "float32"], ["padded", "bf16"], ["packed", "bf16"]]
+    assert "padding share of the batch" in done.stdout

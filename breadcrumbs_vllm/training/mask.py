@@ -10,30 +10,40 @@ lets each token see exactly what the decoder's cache holds when that token is fe
 
 So the logits of this pass equal incremental decoding with real eviction (tested in
 ``tests/test_mask.py``), and a model can learn to compress in parallel over whole sequences.
+
+Sequences are packed: several short ones share a row of the batch, each with its own positions
+from 0 and its own block of the mask, so no token sees another sequence. Solver traces vary in
+length by 2x and the ratio adds up to 50% beacons, so padding every sequence to the longest one
+would spend about half of each forward pass on padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from breadcrumbs_vllm.spec import insert_beacons
 
-IGNORE_INDEX = -100
-
 
 @dataclass
 class BeaconBatch:
-    """Model inputs for a right-padded batch, plus where beacons and targets are."""
+    """Model inputs for a packed batch, plus where beacons are and what each position predicts.
 
-    input_ids: torch.Tensor  # [B, L]
-    position_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, 1, L, L] additive: 0 keeps, dtype-min masks
-    is_beacon: torch.Tensor  # [B, L] bool
-    #: [B, L] next non-beacon token each position predicts (generated part only), else -100.
-    labels: torch.Tensor
+    The model sees ``[R, W]`` rows; the losses see the ``N`` predicting positions (every
+    non-beacon position from a sequence's last prompt token on, rule 6) gathered into one list,
+    sequence after sequence, so that two batches of the same sequences line up position by
+    position however differently they were packed (the student's has beacons, the teacher's not).
+    """
+
+    input_ids: torch.Tensor  # [R, W]
+    position_ids: torch.Tensor  # [R, W], from 0 in every sequence
+    attention_mask: torch.Tensor  # [R, 1, W, W] additive: 0 keeps, dtype-min masks
+    is_beacon: torch.Tensor  # [R, W] bool
+    targets: torch.Tensor  # [N] the generated token each predicting position predicts
+    owner: torch.Tensor  # [N] which sequence (index into the inputs) each target belongs to
+    index: torch.Tensor  # [N] each predicting position as a flat index into [R * W]
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {
@@ -41,6 +51,24 @@ class BeaconBatch:
             "position_ids": self.position_ids,
             "attention_mask": self.attention_mask,
         }
+
+    def gather(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[R, W, V]`` model outputs -> ``[N, V]``, the predicting positions in target order."""
+        return logits.flatten(0, 1)[self.index]
+
+    def to(self, device: torch.device | str) -> BeaconBatch:
+        return BeaconBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class _Row:
+    """One sequence laid out: tokens, kind and window of each, and its predicting positions."""
+
+    tokens: list[int]
+    kinds: list[int]  # 0 prompt, 1 generated, 2 beacon
+    windows: list[int]
+    sources: list[int]  # positions that predict, in order
+    targets: list[int]  # the token each of them predicts
 
 
 def beacon_mask(kinds: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
@@ -62,6 +90,43 @@ def beacon_mask(kinds: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     return causal & visible
 
 
+def lay_out(prompt: Sequence[int], generated: Sequence[int], ratio: int | None,
+            beacon_id: int) -> _Row:
+    """Insert beacons (ratio ``None``: none) and find which positions predict which token."""
+    body, flags = insert_beacons(generated, ratio, beacon_id)
+    kinds = [0] * len(prompt) + [2 if f else 1 for f in flags]
+    windows = [0] * len(prompt)
+    gen_seen = 0
+    for flag in flags:
+        if flag:
+            windows.append(gen_seen // ratio)  # the beacon closes window gen_seen / c
+        else:
+            windows.append(gen_seen // ratio + 1 if ratio else 1)
+            gen_seen += 1
+    tokens = list(prompt) + body
+    # Each non-beacon position from the last prompt token on predicts the next generated
+    # token; beacons predict nothing (rule 6).
+    generated_at = [i for i, k in enumerate(kinds) if k == 1]
+    sources = [len(prompt) - 1] + generated_at[:-1]
+    return _Row(tokens, kinds, windows, sources[:len(generated_at)],
+                [tokens[i] for i in generated_at])
+
+
+def pack(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: sequence indices per row, no row longer than ``width``."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, space in enumerate(free) if space >= lengths[i]), None)
+        if slot is None:
+            rows.append([])
+            free.append(width)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        free[slot] -= lengths[i]
+    return rows
+
+
 def build_beacon_batch(
     prompts: Sequence[Sequence[int]],
     generations: Sequence[Sequence[int]],
@@ -69,43 +134,37 @@ def build_beacon_batch(
     beacon_id: int,
     pad_id: int,
     dtype: torch.dtype = torch.float32,
+    packed: bool = True,
 ) -> BeaconBatch:
-    """Insert beacons per sequence (ratio ``None``: none, plain causal) and build the batch."""
-    rows = []
-    for prompt, generated, ratio in zip(prompts, generations, ratios, strict=True):
-        body, flags = insert_beacons(generated, ratio, beacon_id)
-        tokens = list(prompt) + body
-        kinds = [0] * len(prompt) + [2 if f else 1 for f in flags]
-        windows = [0] * len(prompt)
-        gen_seen = 0
-        for flag in flags:
-            if flag:
-                windows.append(gen_seen // ratio)  # the beacon closes window gen_seen / c
-            else:
-                windows.append(gen_seen // ratio + 1 if ratio else 1)
-                gen_seen += 1
-        # Labels: each non-beacon position from the last prompt token on predicts the next
-        # generated token; beacons predict nothing (rule 6).
-        labels = [IGNORE_INDEX] * len(tokens)
-        targets = [i for i, k in enumerate(kinds) if k == 1]
-        sources = [len(prompt) - 1] + targets[:-1]
-        for src, tgt in zip(sources, targets):
-            labels[src] = tokens[tgt]
-        rows.append((tokens, kinds, windows, labels))
+    """Lay out every sequence (its own ratio), pack them into rows as wide as the longest one.
 
-    batch, width = len(rows), max(len(r[0]) for r in rows)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((batch, width), dtype=torch.long)
-    is_beacon = torch.zeros((batch, width), dtype=torch.bool)
-    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)  # padding sees itself only
-    for b, (tokens, kinds, windows, row_labels) in enumerate(rows):
-        n = len(tokens)
-        input_ids[b, :n] = torch.tensor(tokens)
-        position_ids[b, :n] = torch.arange(n)
-        is_beacon[b, :n] = torch.tensor(kinds) == 2
-        labels[b, :n] = torch.tensor(row_labels)
-        allowed[b, :n, :n] = beacon_mask(torch.tensor(kinds), torch.tensor(windows))
-    mask = torch.zeros((batch, 1, width, width), dtype=dtype)
+    ``packed=False`` gives each sequence a row of its own (the padded layout, for comparison:
+    ``loadtests/bench_training.py``).
+    """
+    seqs = [lay_out(p, g, r, beacon_id) for p, g, r in zip(prompts, generations, ratios, strict=True)]
+    width = max(len(s.tokens) for s in seqs)
+    lengths = [len(s.tokens) for s in seqs]
+    rows = pack(lengths, width) if packed else [[i] for i in range(len(seqs))]
+
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    is_beacon = torch.zeros((len(rows), width), dtype=torch.bool)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself
+    start = [0] * len(seqs)  # flat index of each sequence's first token
+    for r, members in enumerate(rows):
+        offset = 0
+        for i in members:
+            s, n = seqs[i], len(seqs[i].tokens)
+            span = slice(offset, offset + n)
+            input_ids[r, span] = torch.tensor(s.tokens)
+            position_ids[r, span] = torch.arange(n)
+            is_beacon[r, span] = torch.tensor(s.kinds) == 2
+            allowed[r, span, span] = beacon_mask(torch.tensor(s.kinds), torch.tensor(s.windows))
+            start[i] = r * width + offset
+            offset += n
+    mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return BeaconBatch(input_ids, position_ids, mask, is_beacon, labels)
+    index = torch.tensor([start[i] + j for i, s in enumerate(seqs) for j in s.sources], dtype=torch.long)
+    targets = torch.tensor([t for s in seqs for t in s.targets], dtype=torch.long)
+    owner = torch.tensor([i for i, s in enumerate(seqs) for _ in s.targets], dtype=torch.long)
+    return BeaconBatch(input_ids, position_ids, mask, is_beacon, targets, owner, index)

@@ -53,7 +53,7 @@ from breadcrumbs_vllm.training.losses import (
     sft_loss,
     token_logprobs,
 )
-from breadcrumbs_vllm.training.mask import build_beacon_batch
+from breadcrumbs_vllm.training.mask import BeaconBatch, build_beacon_batch
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "training_config.json"
@@ -72,8 +72,9 @@ class Rollouts:
     prompts: list[list[int]]
     generations: list[list[int]]
     rewards: torch.Tensor  # [B]
-    teacher_logits: torch.Tensor  # [B, L, V], no beacons, from the sampling policy
-    teacher_labels: torch.Tensor  # [B, L]
+    #: [N, V] the sampling policy's logits at every generated position, sequence after
+    #: sequence (:meth:`BeaconBatch.gather`), computed without beacons.
+    teacher_logits: torch.Tensor
 
 
 class Run:
@@ -142,7 +143,7 @@ class Run:
         prompts, targets = self.solver_traces(stream=0)
         batch = self.batch(prompts, targets, [None] * len(prompts))
         set_lr(self.teacher_opt, cfg.lr * lr_factor(self.step, cfg.warmup, cfg.sft_steps))
-        loss = sft_loss(self.teacher(**batch.model_inputs()).logits, batch.labels)
+        loss = sft_loss(self.predict(self.teacher, batch), batch.targets)
         self.update(self.teacher, self.teacher_opt, loss)
         return {"sft_loss": loss.item()}
 
@@ -159,11 +160,10 @@ class Run:
         if self.teacher_opt is not None and adv.abs().sum() > 0:
             set_lr(self.teacher_opt, cfg.rl_lr)
             batch = self.batch(rollouts.prompts, rollouts.generations, [None] * len(rollouts.prompts))
-            old = token_logprobs(rollouts.teacher_logits, batch.labels)
-            adv = adv.to(old.device)
+            old = token_logprobs(rollouts.teacher_logits, batch.targets)
+            adv = adv.to(old.device)[batch.owner]  # each token gets its sequence's advantage
             for _ in range(cfg.ppo_epochs):
-                loss = grpo_loss(self.teacher(**batch.model_inputs()).logits, batch.labels, old, adv,
-                                 cfg.clip)
+                loss = grpo_loss(self.predict(self.teacher, batch), batch.targets, old, adv, cfg.clip)
                 self.update(self.teacher, self.teacher_opt, loss)
             metrics["rl_loss"] = loss.item()
         return metrics, rollouts
@@ -178,8 +178,8 @@ class Run:
         prompts, traces = self.solver_traces(stream=4)
         batch = self.batch(prompts, traces, [None] * len(prompts))
         with torch.no_grad():
-            logits = self.teacher(**batch.model_inputs()).logits
-        return Rollouts(prompts, traces, torch.ones(len(prompts)), logits, batch.labels)
+            logits = self.predict(self.teacher, batch)
+        return Rollouts(prompts, traces, torch.ones(len(prompts)), logits)
 
     def student_step(self, rollouts: Rollouts, ce_weight: float = 0.0) -> dict:
         """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio.
@@ -192,12 +192,12 @@ class Run:
         ratios = [rng.choice(cfg.ratios) for _ in rollouts.prompts]
         batch = self.batch(rollouts.prompts, rollouts.generations, ratios)
         set_lr(self.student_opt, cfg.distill_lr * lr_factor(self.step, cfg.warmup, cfg.total_steps))
-        logits = self.student(**batch.model_inputs()).logits
-        kl = distill_kl(logits, batch.labels, rollouts.teacher_logits, rollouts.teacher_labels)
+        logits = self.predict(self.student, batch)
+        kl = distill_kl(logits, rollouts.teacher_logits)
         metrics = {"kl": kl.item()}
         loss = kl
         if ce_weight:
-            ce = sft_loss(logits, batch.labels)
+            ce = sft_loss(logits, batch.targets)
             loss = kl + ce_weight * ce
             metrics["ce"] = ce.item()
         self.update(self.student, self.student_opt, loss)
@@ -220,15 +220,17 @@ class Run:
             for p, g in zip((p for p in problems for _ in range(cfg.group)), generations)])
         batch = self.batch(prompts, generations, [None] * len(prompts))
         with torch.no_grad():
-            logits = self.teacher(**batch.model_inputs()).logits
-        return Rollouts(prompts, generations, rewards, logits, batch.labels)
+            logits = self.predict(self.teacher, batch)
+        return Rollouts(prompts, generations, rewards, logits)
 
-    def batch(self, prompts, generations, ratios):
-        b = build_beacon_batch(prompts, generations, ratios, self.bc.beacon_token_id,
-                               self.tokenizer.pad_token_id)
-        for name in ("input_ids", "position_ids", "attention_mask", "is_beacon", "labels"):
-            setattr(b, name, getattr(b, name).to(self.acc.device))
-        return b
+    def batch(self, prompts, generations, ratios) -> BeaconBatch:
+        return build_beacon_batch(prompts, generations, ratios, self.bc.beacon_token_id,
+                                  self.tokenizer.pad_token_id).to(self.acc.device)
+
+    @staticmethod
+    def predict(model, batch: BeaconBatch) -> torch.Tensor:
+        """``[N, V]`` logits at the batch's predicting positions, sequence after sequence."""
+        return batch.gather(model(**batch.model_inputs()).logits)
 
     def update(self, model, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
