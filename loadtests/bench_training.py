@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from breadcrumbs_vllm.checkpoint import load_checkpoint
-from breadcrumbs_vllm.evaluation.runner import chat_prompt_ids
 from breadcrumbs_vllm.reference import ReferenceEngine
 from breadcrumbs_vllm.tasks import get_task
 from breadcrumbs_vllm.training.losses import distill_kl, sft_loss
 from breadcrumbs_vllm.training.mask import build_beacon_batch
+from breadcrumbs_vllm.training.trainer import solver_batch
 
 #: (name, packed, autocast dtype or None)
 SETTINGS = [("padded float32", False, None), ("packed float32", True, None),
@@ -73,12 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     speedups: dict[str, list[float]] = {name: [] for name, _, _ in SETTINGS}
     padding: dict[bool, list[float]] = {False: [], True: []}
     for r in tqdm(range(args.rounds), desc="rounds"):
-        problems = task.problems(args.batch, seed=r)
-        prompts = [chat_prompt_ids(engine, p) for p in problems]
-        traces = [tokenizer(task.solve(p), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                  for p in problems]
+        prompts, traces = solver_batch(engine, task, task.problems(args.batch, seed=r))
         rng = random.Random(r)
-        seq_ratios = [rng.choice(ratios) for _ in problems]
+        seq_ratios = [rng.choice(ratios) for _ in prompts]
         for packed in (False, True):
             batch = build_beacon_batch(prompts, traces, seq_ratios, bc.beacon_token_id,
                                        tokenizer.pad_token_id, packed=packed)

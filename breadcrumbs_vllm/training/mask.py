@@ -142,8 +142,8 @@ def build_beacon_batch(
     ``loadtests/bench_training.py``).
     """
     seqs = [lay_out(p, g, r, beacon_id) for p, g, r in zip(prompts, generations, ratios, strict=True)]
-    width = max(len(s.tokens) for s in seqs)
     lengths = [len(s.tokens) for s in seqs]
+    width = max(lengths)
     rows = pack(lengths, width) if packed else [[i] for i in range(len(seqs))]
 
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

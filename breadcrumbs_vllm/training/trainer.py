@@ -43,7 +43,7 @@ from breadcrumbs_vllm.checkpoint import (
 )
 from breadcrumbs_vllm.evaluation.runner import Evaluator, chat_prompt_ids
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
-from breadcrumbs_vllm.tasks import Problem, get_task
+from breadcrumbs_vllm.tasks import Problem, Task, get_task
 from breadcrumbs_vllm.tokenizer import build_tokenizer
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
@@ -63,6 +63,16 @@ LOG_FILE = "training_log.jsonl"
 def step_seed(cfg: TrainConfig, step: int, stream: int, rank: int = 0) -> int:
     """A seed for (run, step, purpose, process): what makes every step reproducible."""
     return (cfg.seed * 1_000_003 + step * 7_919 + stream * 104_729 + rank * 15_485_863) % 2**31
+
+
+def solver_batch(engine: ReferenceEngine, task: Task,
+                 problems: list[Problem]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids (chat turns) and solver-trace ids as the model must generate them: the
+    trace's characters, then end of turn."""
+    tokenizer = engine.tokenizer
+    return ([chat_prompt_ids(engine, p) for p in problems],
+            [tokenizer(task.solve(p), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+             for p in problems])
 
 
 @dataclass
@@ -244,16 +254,8 @@ class Run:
     def solver_traces(self, stream: int) -> tuple[list[list[int]], list[list[int]]]:
         """``sft_batch`` fresh problems of this step: prompt ids and solver-trace ids."""
         seed = step_seed(self.cfg, self.step, stream, self.acc.process_index)
-        problems = self.task.problems(self.cfg.sft_batch, seed)
-        return ([self.prompt_ids(p) for p in problems],
-                [self.encode(self.task.solve(p)) for p in problems])
-
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        return chat_prompt_ids(self.engine(self.teacher), problem)
-
-    def encode(self, trace: str) -> list[int]:
-        """The solver trace as the model must generate it: characters, then end of turn."""
-        return self.tokenizer(trace, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return solver_batch(self.engine(self.teacher), self.task,
+                            self.task.problems(self.cfg.sft_batch, seed))
 
     def evaluate(self) -> dict:
         """Greedy accuracy on a small held-out set: the teacher uncompressed, the student per ratio."""
