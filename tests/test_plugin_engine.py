@@ -1,7 +1,8 @@
 """vLLM with the breadcrumbs plugin against the reference engine, and its real memory use.
 
-One engine per block size (32 and 64) with a KV pool small enough that the second batch must
-preempt; the first batch fits. Every scheduler step is checked against the rule-5 block bound.
+One engine per block size (32 and 64, compiled as vLLM's default; 32 also eager, as the gateway
+runs on CPU) with a KV pool small enough that the second batch must preempt; the first batch fits.
+Every scheduler step is checked against the rule-5 block bound.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ POOL = {32: 90, 64: 48}
 class EngineProbe:
     """An in-process engine plus what the tests read from its scheduler at every step."""
 
-    def __init__(self, path: str, block_size: int) -> None:
+    def __init__(self, path: str, block_size: int, eager: bool) -> None:
         self.block_size = block_size
         self.llm = LLM(model=str(path), dtype="float32", block_size=block_size,
                        num_gpu_blocks_override=POOL[block_size], max_model_len=2048,
-                       enable_prefix_caching=True, seed=0)
+                       enable_prefix_caching=True, seed=0, enforce_eager=eager)
         self.scheduler = self.llm.llm_engine.engine_core.engine_core.scheduler
         self.pool = self.scheduler.kv_cache_manager.block_pool
         self.preemptions = 0
@@ -89,9 +90,10 @@ def reference(tiny_checkpoint):
     return ReferenceEngine.from_checkpoint(tiny_checkpoint)
 
 
-@pytest.fixture(scope="module", params=[32, 64], ids=["bs32", "bs64"])
+@pytest.fixture(scope="module", params=[(32, False), (64, False), (32, True)],
+                ids=["bs32", "bs64", "bs32-eager"])
 def engine(request, tiny_checkpoint):
-    probe = EngineProbe(tiny_checkpoint, request.param)
+    probe = EngineProbe(tiny_checkpoint, *request.param)
     yield probe
     probe.llm.llm_engine.engine_core.shutdown()
     del probe

@@ -64,10 +64,14 @@ class EmbeddedBackend(EngineBackend):
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{s.kv_cache_gib:g}"
             else:
                 kv_bytes = int(s.kv_cache_gib * (1 << 30))
+        # On CPU, torch.compile's warm-up would double a cold start (the first minute matters
+        # more there than decode speed); on GPUs, compilation and CUDA graphs pay for themselves.
+        compile_model = s.compile if s.compile is not None else not current_platform.is_cpu()
         args = AsyncEngineArgs(
             model=str(s.model), served_model_name=[s.model_name], block_size=s.block_size,
             max_model_len=s.max_model_len, kv_cache_memory_bytes=kv_bytes,
             enable_log_requests=s.log_content,
+            enforce_eager=not compile_model,
         )
         self.engine = AsyncLLM.from_engine_args(
             args, stat_loggers=[_kv_logger_factory(self._sink)])
