@@ -52,10 +52,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> float:
 
 async def _decode_rate(url: str, streams: int, max_tokens: int) -> float:
     """Generated tokens per second over ``streams`` identical greedy chat requests sent at once."""
-    body = {"model": "any", "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": max_tokens, "temperature": 0, "compression_ratio": None}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        body["model"] = (await client.get("/v1/models")).json()["data"][0]["id"]
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]
+        body = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": max_tokens, "temperature": 0, "compression_ratio": None}
         start = time.monotonic()
         replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=body)
                                          for _ in range(streams)))

@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     block_size: int = Field(32, description="KV block size in tokens (CPU attention: multiple of 32)")
     max_model_len: int = 4096
     compile: bool | None = Field(
-        None, description="torch.compile the model (embedded); None = only on GPUs. On this CPU "
-        "machine compiling adds ~25 s to a cold start and speeds single-stream decode ~1.9x")
+        None, description="torch.compile the model (embedded); None = only on GPUs. On a 2-core "
+        "CPU compiling adds ~35 s to a cold start and decodes ~1.7x faster (bench_startup.py)")
     health_interval_s: float = Field(5.0, gt=0, description="remote backend health/metrics poll")
     upstream_timeout_s: float = Field(600.0, gt=0)
 
