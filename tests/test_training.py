@@ -14,7 +14,12 @@ import torch
 from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
 from breadcrumbs_vllm.training.config import TrainConfig
-from breadcrumbs_vllm.training.losses import distill_kl, group_advantages, token_logprobs
+from breadcrumbs_vllm.training.losses import (
+    distill_kl,
+    group_advantages,
+    reference_kl,
+    token_logprobs,
+)
 from breadcrumbs_vllm.training.mask import build_beacon_batch
 from breadcrumbs_vllm.training.trainer import STATE_FILE, Run
 
@@ -46,6 +51,45 @@ def test_teacher_sft_loss_falls_and_rl_runs(teacher: Path) -> None:
     rl = [row for row in log if "reward" in row]
     assert len(rl) == 2 and all(0.0 <= row["reward"] <= 1.0 for row in rl)
     assert "acc" in log[-1]  # the last step always evaluates
+
+
+def test_teacher_init_continues_a_checkpoint_with_grpo(teacher: Path) -> None:
+    out = teacher.parent / "teacher-more-rl"
+    # --layers / --hidden are ignored: the checkpoint decides; a zero RL lr keeps it unchanged.
+    assert main(["train", "teacher", "--init", str(teacher), "--out", str(out), "--layers", "3",
+                 "--sft-steps", "0", "--rl-steps", "2", "--rl-lr", "0", "--eval-every", "100",
+                 *TINY]) == 0
+    log = log_of(out)
+    assert [row["step"] for row in log] == [1, 2] and all("reward" in row for row in log)
+    recorded = TrainConfig.from_json((out / "training_config.json").read_text())
+    assert (recorded.layers, recorded.hidden, recorded.init) == (1, 64, str(teacher.resolve()))
+    for a, b in zip(load_checkpoint(teacher)[0].parameters(), load_checkpoint(out)[0].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_grpo_kl_penalty_keeps_its_reference_across_resume(tmp_path: Path) -> None:
+    """The KL reference is the policy RL started from, and a resumed run gets that one back."""
+    cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=3, rl_problems=2, group=2,
+                      max_tokens=8, layers=1, hidden=64, rl_lr=1e-2, kl_coef=0.5)
+    run = Run(cfg, tmp_path / "teacher")
+    calls = iter(range(100))
+    run.task.verify = lambda problem, text: float(next(calls) % 2 == 0)  # first of each group wins
+    start = {k: v.clone() for k, v in run.teacher.state_dict().items()}
+
+    metrics, _ = run.rollout_step()
+    assert metrics["rl_kl"] > 0  # the second PPO epoch has moved away from the start
+    run.step = 1
+    run.save()
+    resumed = Run(cfg, tmp_path / "teacher")
+    reference, teacher = resumed.reference.state_dict(), resumed.teacher.state_dict()
+    assert all(torch.equal(reference[k], start[k]) for k in start)
+    assert not all(torch.equal(teacher[k], start[k]) for k in start)
+
+
+def test_reference_kl_is_zero_for_equal_policies_and_grows_apart() -> None:
+    logits = torch.randn(5, 7)
+    assert reference_kl(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert reference_kl(logits, logits + torch.randn(5, 7)).item() > 0.01
 
 
 def test_student_joint_distils_and_round_trips(teacher: Path) -> None:

@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     teacher.add_argument("--sft-steps", type=int, default=1500)
     teacher.add_argument("--sft-batch", type=int, default=32)
     teacher.add_argument("--lr", type=float, default=2e-3)
+    teacher.add_argument("--init", default=None,
+                         help="start from this teacher checkpoint instead of random weights (e.g. "
+                              "more GRPO with --sft-steps 0); its size and task replace "
+                              "--layers, --hidden and --task")
     student = stages.add_parser("student", help="beacon student distilled from --teacher")
     student.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
@@ -46,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="learning-rate warmup steps before the cosine decay over the run")
         s.add_argument("--rl-lr", type=float, default=1e-4)
         s.add_argument("--clip", type=float, default=0.2)
+        s.add_argument("--kl-coef", type=float, default=0.0,
+                       help="GRPO: weight of the KL penalty to the policy RL started from")
         s.add_argument("--temperature", type=float, default=1.0)
         s.add_argument("--max-tokens", type=int, default=512)
         s.add_argument("--eval-every", type=int, default=250)
@@ -92,21 +98,46 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
 
     common = {"stage": args.stage, "seed": args.seed, "rl_steps": args.rl_steps,
               "rl_problems": args.rl_problems, "group": args.group, "rl_lr": args.rl_lr,
-              "clip": args.clip, "temperature": args.temperature, "max_tokens": args.max_tokens,
-              "eval_every": args.eval_every, "eval_n": args.eval_n, "save_every": args.save_every,
-              "warmup": args.warmup, "mixed_precision": args.mixed_precision}
-    if args.rl_steps < 0 or args.warmup < 0 or args.group < 2 and args.rl_steps:
-        raise ValueError("--rl-steps and --warmup must be >= 0 and --group >= 2")
+              "clip": args.clip, "kl_coef": args.kl_coef, "temperature": args.temperature,
+              "max_tokens": args.max_tokens, "eval_every": args.eval_every, "eval_n": args.eval_n,
+              "save_every": args.save_every, "warmup": args.warmup,
+              "mixed_precision": args.mixed_precision}
+    if args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0 or args.group < 2 and args.rl_steps:
+        raise ValueError("--rl-steps, --warmup and --kl-coef must be >= 0 and --group >= 2")
     if args.stage == "teacher":
+        if args.init is not None:
+            return teacher_config_from_init(args, common)
         if args.layers < 1 or args.hidden < 32 or args.hidden % 32:
             raise ValueError("--layers must be >= 1 and --hidden a positive multiple of 32")
         return TrainConfig(task=args.task, layers=args.layers, hidden=args.hidden,
                            sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
+    return student_config(args, parse_ratio_list, common)
+
+
+def teacher_config_from_init(args: argparse.Namespace, common: dict):
+    """A teacher run that continues from ``--init``: the checkpoint decides size and task."""
+    import json
+
+    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.training.config import TrainConfig
+
+    task = read_breadcrumbs_config(args.init).task or "countdown"  # one-line error if no checkpoint
+    config = json.loads((Path(args.init) / "config.json").read_text())
+    if args.sft_steps + args.rl_steps < 1:
+        raise ValueError("a teacher run needs --sft-steps or --rl-steps >= 1")
+    return TrainConfig(task=task, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                       sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr,
+                       init=str(Path(args.init).resolve()), **common)
+
+
+def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
+    """A student run: the task comes from the teacher, ``--init`` must share it."""
+    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.training.config import TrainConfig
+
     ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
     if not ratios:
         raise ValueError("--ratios needs at least one ratio >= 2")
-    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
-
     task = read_breadcrumbs_config(args.teacher).task or "countdown"
     if args.trace_steps < 0 or args.trace_batch < 1 or args.trace_ce < 0:
         raise ValueError("--trace-steps and --trace-ce must be >= 0 and --trace-batch >= 1")

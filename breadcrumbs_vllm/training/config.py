@@ -35,11 +35,12 @@ class TrainConfig:
     rl_lr: float = 1e-4
     temperature: float = 1.0
     clip: float = 0.2  # PPO-style ratio clipping: the guard against collapse
+    kl_coef: float = 0.0  # weight of KL(policy || policy at the start of RL): the drift guard
     ppo_epochs: int = 2  # gradient steps per rollout batch (clipping is active from the second)
     max_tokens: int = 512
     # student
     teacher: str | None = None
-    init: str | None = None  # start the student from this checkpoint instead of the teacher
+    init: str | None = None  # start from this checkpoint (student: instead of the teacher)
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
     distill_lr: float = 1e-3

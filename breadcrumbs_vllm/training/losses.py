@@ -1,4 +1,4 @@
-"""The three training objectives, on the predicting positions of one (masked) forward pass.
+"""The training objectives, on the predicting positions of one (masked) forward pass.
 
 Every loss takes ``[N, V]`` logits gathered by :meth:`BeaconBatch.gather
 <breadcrumbs_vllm.training.mask.BeaconBatch.gather>` and the ``[N]`` tokens they predict: prompt,
@@ -39,6 +39,17 @@ def grpo_loss(logits: torch.Tensor, targets: torch.Tensor, old_logprobs: torch.T
     ratio = torch.exp(token_logprobs(logits, targets) - old_logprobs)
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
     return -surrogate.mean()
+
+
+def reference_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(policy || reference) per position, exact over the (small) vocabulary.
+
+    GRPO's penalty for drifting from the policy RL started from: the clip bounds each update
+    against the sampling policy only, and many bounded updates in one direction still add up.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logr = torch.log_softmax(reference_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logr)).sum(-1).mean()
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
 * Teacher: ``sft_steps`` of cross-entropy on solver traces, then ``rl_steps`` of GRPO: for
   ``rl_problems`` problems, ``group`` completions are sampled; the verifier's rewards become
   group-relative advantages; a PPO-clipped surrogate over ``ppo_epochs`` gradient steps updates
-  the policy.
+  the policy, plus ``kl_coef`` x KL(policy || the policy RL started from) against drift.
 * Student: initialised from the teacher with the beacon embedding set to the mean embedding
   (or from ``init``, a warm-started student). ``trace_steps`` warm-start steps distil the
   teacher's logits on solver traces (plus ``trace_ce`` x cross-entropy on the traces); then each
@@ -50,6 +50,7 @@ from breadcrumbs_vllm.training.losses import (
     distill_kl,
     group_advantages,
     grpo_loss,
+    reference_kl,
     sft_loss,
     token_logprobs,
 )
@@ -99,6 +100,7 @@ class Run:
         self.task = get_task(cfg.task)
         self.step = 0
         self.log: list[dict] = []
+        self.reference = None  # frozen copy of the teacher when RL starts (--kl-coef > 0)
         # The project tokenizer; a checkpoint's loaded tokenizer gives the same ids
         # (tests/test_tokenizer.py), so what is trained is what vLLM serves.
         self.tokenizer = build_tokenizer()
@@ -115,6 +117,8 @@ class Run:
         cfg = self.cfg
         if resume:
             model, _, self.bc = load_checkpoint(self.out, attn_implementation="sdpa")
+        elif cfg.init is not None:  # e.g. more GRPO on a finished teacher
+            model, _, self.bc = load_checkpoint(cfg.init, attn_implementation="sdpa")
         else:
             model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
                                                         ratios=cfg.ratios, task=cfg.task)
@@ -165,6 +169,8 @@ class Run:
         metrics = {"reward": rollouts.rewards.mean().item(),
                    "gen_len": sum(map(len, rollouts.generations)) / len(rollouts.generations)}
         adv = group_advantages(rollouts.rewards, cfg.group)
+        if cfg.kl_coef and self.reference is None and self.teacher_opt is not None:
+            self.reference = frozen_copy(self.acc.unwrap_model(self.teacher))  # where RL starts
         # No group with mixed rewards means no signal; a zero loss would still let Adam's momentum
         # move the policy, so the update is skipped.
         if self.teacher_opt is not None and adv.abs().sum() > 0:
@@ -172,8 +178,16 @@ class Run:
             batch = self.batch(rollouts.prompts, rollouts.generations, [None] * len(rollouts.prompts))
             old = token_logprobs(rollouts.teacher_logits, batch.targets)
             adv = adv.to(old.device)[batch.owner]  # each token gets its sequence's advantage
+            if self.reference is not None:
+                with torch.no_grad():
+                    reference_logits = self.predict(self.reference, batch)
             for _ in range(cfg.ppo_epochs):
-                loss = grpo_loss(self.predict(self.teacher, batch), batch.targets, old, adv, cfg.clip)
+                logits = self.predict(self.teacher, batch)
+                loss = grpo_loss(logits, batch.targets, old, adv, cfg.clip)
+                if self.reference is not None:
+                    drift = reference_kl(logits, reference_logits)
+                    loss = loss + cfg.kl_coef * drift
+                    metrics["rl_kl"] = drift.item()
                 self.update(self.teacher, self.teacher_opt, loss)
             metrics["rl_loss"] = loss.item()
         return metrics, rollouts
@@ -313,6 +327,8 @@ class Run:
             return
         state = {"step": self.step, "log": self.log,
                  "teacher_opt": self.teacher_opt.state_dict() if self.teacher_opt else None}
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
         if self.student is not None:
             state["student_opt"] = self.student_opt.state_dict()
             if self.teacher_opt is not None:  # joint: the teacher moves too
@@ -336,10 +352,20 @@ class Run:
         self.step, self.log = state["step"], state["log"]
         if state.get("teacher") is not None:
             self.acc.unwrap_model(self.teacher).load_state_dict(state["teacher"])
+        if state.get("reference") is not None:
+            self.reference = frozen_copy(self.acc.unwrap_model(self.teacher))
+            self.reference.load_state_dict(state["reference"])
         if self.teacher_opt is not None and state["teacher_opt"] is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])
         if self.student_opt is not None:
             self.student_opt.load_state_dict(state["student_opt"])
+
+
+def frozen_copy(model):
+    """A gradient-free copy of ``model`` in eval mode, on its device (GRPO's KL reference)."""
+    copy = type(model)(model.config).to(model.device)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval().requires_grad_(False)
 
 
 def init_beacon_embedding(model, beacon_id: int) -> None:
