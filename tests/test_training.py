@@ -31,6 +31,13 @@ def log_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "training_log.jsonl").read_text().splitlines()]
 
 
+def first_of_each_group_wins(run: Run) -> Run:
+    """Replace the verifier so that, with groups of 2, every group has one reward of each kind."""
+    calls = iter(range(100))
+    run.task.verify = lambda problem, text: float(next(calls) % 2 == 0)
+    return run
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "teacher"
@@ -71,9 +78,7 @@ def test_grpo_kl_penalty_keeps_its_reference_across_resume(tmp_path: Path) -> No
     """The KL reference is the policy RL started from, and a resumed run gets that one back."""
     cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=3, rl_problems=2, group=2,
                       max_tokens=8, layers=1, hidden=64, rl_lr=1e-2, kl_coef=0.5)
-    run = Run(cfg, tmp_path / "teacher")
-    calls = iter(range(100))
-    run.task.verify = lambda problem, text: float(next(calls) % 2 == 0)  # first of each group wins
+    run = first_of_each_group_wins(Run(cfg, tmp_path / "teacher"))
     start = {k: v.clone() for k, v in run.teacher.state_dict().items()}
 
     metrics, _ = run.rollout_step()
@@ -225,9 +230,7 @@ def test_grpo_raises_the_rewarded_sequences_and_lowers_the_others(tmp_path: Path
     """Each token's advantage is its own sequence's: the rewarded sample gains log-probability."""
     cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=1, rl_problems=2, group=2,
                       max_tokens=8, layers=1, hidden=64, rl_lr=1e-3, temperature=1.0)
-    run = Run(cfg, tmp_path / "teacher")
-    calls = iter(range(100))
-    run.task.verify = lambda problem, text: float(next(calls) % 2 == 0)  # first of each group wins
+    run = first_of_each_group_wins(Run(cfg, tmp_path / "teacher"))
 
     metrics, rollouts = run.rollout_step()
     assert rollouts.rewards.tolist() == [1.0, 0.0, 1.0, 0.0] and "rl_loss" in metrics
