@@ -46,10 +46,10 @@ def reference_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.
 
     GRPO's penalty for drifting from the policy RL started from: the clip bounds each update
     against the sampling policy only, and many bounded updates in one direction still add up.
+    It is :func:`distill_kl` with the roles swapped (the trained policy is the distribution the
+    divergence is taken from; gradients flow through it all the same).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logr = torch.log_softmax(reference_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logr)).sum(-1).mean()
+    return distill_kl(reference_logits, logits)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
