@@ -37,22 +37,18 @@ TRAIN := $(BIN)/breadcrumbs train
 STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
 	--eval-n 16 --eval-every 100000 --threads 2
 TRACES := --trace-batch 32 --trace-ce 1 --sequential
-ROLLOUTS := --init runs/student-warm --rl-steps 20 --rl-problems 4 --group 4 --temperature 0.7 \
+ROLLOUTS := --init models/countdown-student --rl-steps 20 --rl-problems 4 --group 4 --temperature 0.7 \
 	--distill-lr 2e-4 --warmup 0 --seed 0
 
-teacher: setup  # models/countdown-teacher, 62 min
-	$(TRAIN) teacher --out runs/teacher --layers 4 --hidden 128 --sft-steps 1800 --sft-batch 32 \
-		--lr 2e-3 --rl-steps 20 --rl-problems 8 --group 8 --temperature 0.7 --eval-every 600 \
-		--eval-n 32 --seed 0 --threads 2
+teacher: setup  # models/countdown-teacher: Countdown with numbers 1..12, 46 min
+	$(TRAIN) teacher --task-option high=12 --out runs/teacher --layers 4 --hidden 128 \
+		--sft-steps 2400 --sft-batch 32 --lr 2e-3 --rl-steps 20 --rl-problems 8 --group 8 \
+		--temperature 0.7 --eval-every 800 --eval-n 64 --seed 0 --threads 2 --mixed-precision bf16
 
-student: setup  # models/countdown-student: 2800 warm-start steps on solver traces, ~80 min
-	$(TRAIN) $(STUDENT) --out runs/student --trace-steps 2800 $(TRACES) --distill-lr 2e-3 \
+student: setup  # models/countdown-student: 2600 distillation steps on solver traces, 66 min
+	$(TRAIN) $(STUDENT) --out runs/student --trace-steps 2600 $(TRACES) --distill-lr 2e-3 \
 		--warmup 50 --seed 0 --mixed-precision bf16
 
-runs/student-warm/trainer_state.pt: | setup  # the ablation's common start: 1150 steps, 63 min
-	$(TRAIN) $(STUDENT) --out runs/student-warm --trace-steps 1150 $(TRACES) --distill-lr 2e-3 \
-		--warmup 50 --seed 0
-
-ablation: runs/student-warm/trainer_state.pt  # joint vs sequential: 20 rollout steps each, 3 min each
+ablation: setup  # joint vs sequential from the bundled student: 20 rollout steps each, ~3 min each
 	$(TRAIN) $(STUDENT) --out runs/student-joint $(ROLLOUTS)
 	$(TRAIN) $(STUDENT) --out runs/student-seq $(ROLLOUTS) --sequential

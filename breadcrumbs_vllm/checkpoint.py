@@ -35,6 +35,7 @@ class BreadcrumbsConfig:
     ratios: list[int] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     default_ratio: int | None = None
     task: str | None = None
+    task_options: dict = field(default_factory=dict)  # the task's difficulty knobs (get_task)
     teacher: str | None = None  # folder of the teacher a student was distilled from (relative)
 
     @classmethod
@@ -86,6 +87,7 @@ def init_model(
     seed: int = 0,
     ratios: list[int] | None = None,
     task: str | None = None,
+    task_options: dict | None = None,
     init_std: float = 0.02,
 ) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast, BreadcrumbsConfig]:
     """A randomly initialised Qwen2 model with the project tokenizer and a ``breadcrumbs`` block.
@@ -102,6 +104,7 @@ def init_model(
         beacon_token_id=tokenizer.convert_tokens_to_ids(BEACON),
         ratios=sorted(ratios or DEFAULT_RATIOS),
         task=task,
+        task_options=dict(task_options or {}),
     )
     config = Qwen2Config(
         vocab_size=vocab_size,

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher, tokenizer, bc = load_checkpoint(args.model, attn_implementation="sdpa")
     student, _, _ = load_checkpoint(args.model, attn_implementation="sdpa")
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-    task = get_task(bc.task)
+    task = get_task(bc.task, **bc.task_options)
     engine = ReferenceEngine(teacher, tokenizer, bc)
 
     def step(prompts, traces, seq_ratios, packed: bool, dtype) -> float:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from breadcrumbs_vllm.tasks import TASKS, get_task
+from breadcrumbs_vllm.tasks import TASKS, get_task, parse_task_options
 from breadcrumbs_vllm.tasks.base import MAX_ANSWER_CHARS, Problem, final_answer, parse_int
 from breadcrumbs_vllm.tasks.countdown import apply_op, evaluate
 from breadcrumbs_vllm.tokenizer import ALPHABET
@@ -104,6 +104,15 @@ def test_registry_rejects_unknown_names_and_knobs():
         get_task("x")
     with pytest.raises(ValueError, match="linsys"):
         get_task("linsys", nonsense=1)
+
+
+def test_task_options_parse_json_values_and_reject_bare_keys():
+    options = parse_task_options(["high=12", "target_range=[10,60]", "mode=fast"])
+    assert options == {"high": 12, "target_range": [10, 60], "mode": "fast"}
+    assert get_task("countdown", **{k: options[k] for k in ("high", "target_range")}).high == 12
+    assert parse_task_options(None) == {}
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_task_options(["high"])
 
 
 # --- Countdown ---------------------------------------------------------------------------------

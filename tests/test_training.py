@@ -13,6 +13,8 @@ import torch
 
 from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
+from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
+from breadcrumbs_vllm.tasks import get_task
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
     distill_kl,
@@ -43,7 +45,7 @@ def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "teacher"
     args = ["train", "teacher", "--out", str(out), "--layers", "1", "--hidden", "64",
             "--sft-steps", "30", "--sft-batch", "8", "--lr", "3e-3", "--rl-steps", "2",
-            "--eval-every", "100", *TINY]
+            "--eval-every", "100", "--task-option", "high=12", *TINY]
     assert main([*args, "--max-minutes", "0"]) == 0  # paused before the first step
     assert log_of(out) == [] and (out / STATE_FILE).is_file()
     assert main(["train", "teacher", "--out", str(out), "--resume"]) == 0
@@ -58,6 +60,8 @@ def test_teacher_sft_loss_falls_and_rl_runs(teacher: Path) -> None:
     rl = [row for row in log if "reward" in row]
     assert len(rl) == 2 and all(0.0 <= row["reward"] <= 1.0 for row in rl)
     assert "acc" in log[-1]  # the last step always evaluates
+    # The difficulty knobs are recorded where the student and `breadcrumbs eval` read them.
+    assert read_breadcrumbs_config(teacher).task_options == {"high": 12}
 
 
 def test_teacher_init_continues_a_checkpoint_with_grpo(teacher: Path) -> None:
@@ -106,6 +110,7 @@ def test_student_joint_distils_and_round_trips(teacher: Path) -> None:
     assert all("reward" in row for row in log_of(out))  # every step is a rollout step
     bc = read_breadcrumbs_config(out)
     assert bc.ratios == [2, 4] and bc.teacher == "../student-teacher"
+    assert bc.task_options == {"high": 12}  # the student draws the teacher's problems
     assert (out.parent / "student-teacher" / "config.json").is_file()  # the co-trained teacher
     model, _, _ = load_checkpoint(out)
     teacher_model, _, _ = load_checkpoint(teacher)
@@ -257,3 +262,38 @@ def test_bench_training_prints_one_row_per_setting() -> None:
             if line.startswith(("padded ", "packed "))]
     assert rows == [["padded", "float32"], ["packed", "float32"], ["padded", "bf16"], ["packed", "bf16"]]
     assert "padding share of the batch" in done.stdout
+
+
+def test_held_out_replays_exactly_the_problems_a_lineage_trained_on(teacher: Path,
+                                                                   tmp_path: Path, capsys) -> None:
+    """What `breadcrumbs eval --held-out-from` skips is what the runs drew, no more, no less."""
+    cfg = TrainConfig(stage="student", teacher=str(teacher), task_options={"high": 12},
+                      trace_steps=2, sft_batch=4, rl_steps=1, rl_problems=2, group=2,
+                      max_tokens=8, eval_every=100, eval_n=1, sequential=True)
+    run = Run(cfg, tmp_path / "student")
+    drawn: list[str] = []
+    draw = run.task.problems
+
+    def recording(n: int, seed: int):
+        problems = draw(n, seed)
+        if seed != cfg.eval_seed:  # the periodic eval's problems are not training problems
+            drawn.extend(p.prompt for p in problems)
+        return problems
+
+    run.task.problems = recording
+    assert run.train()
+    assert len(drawn) == 2 * 4 + 2
+    assert training_prompts(tmp_path / "student") == set(drawn) | training_prompts(teacher)
+    assert len(training_prompts(teacher)) > 30 * 8 // 2  # 30 SFT batches of 8, 2 GRPO batches
+
+    task = get_task("countdown", high=12)
+    first = task.problems(8, 99)
+    kept, skipped = unseen_problems(task, 5, 99, {p.prompt for p in first[:3]})
+    assert skipped == 3 and [p.prompt for p in kept] == [p.prompt for p in first[3:]]
+
+    out = tmp_path / "held-out.json"
+    assert main(["eval", "--model", str(tmp_path / "student"), "--held-out-from",
+                 str(tmp_path / "student"), "--n", "2", "--max-tokens", "8", "--ratios", "2",
+                 "--baselines", "", "--out", str(out)]) == 0
+    assert "held out: skipped" in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["n"] == 2

@@ -12,8 +12,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate ratios and baselines on held-out problems")
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--task", default=None, help="task (default: the one in the model's config)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a difficulty knob (repeatable), e.g. high=12; default: the knobs in the "
+                        "model's config (none of them when --task names another task)")
     p.add_argument("--n", type=int, default=100, help="number of held-out problems")
     p.add_argument("--seed", type=int, default=1234, help="problem seed (training never uses it)")
+    p.add_argument("--held-out-from", default=None, metavar="PATH[,PATH]",
+                   help="skip problems these checkpoints, and those they started from (a "
+                        "student's teacher, --init), trained on, replayed from their "
+                        "training_config.json; draws on from --seed until --n are unseen. Pass a "
+                        "student to evaluate it and its teacher on the same problems")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--ratios", default="none,2,4,8,16")
     p.add_argument("--baselines", default="streaming,tova", help="comma list, or '' for none")
@@ -27,15 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
     from breadcrumbs_vllm.evaluation.report import plot_frontier, print_table, write_json
     from breadcrumbs_vllm.evaluation.runner import Evaluator
     from breadcrumbs_vllm.reference import POLICIES, ReferenceEngine
-    from breadcrumbs_vllm.tasks import get_task
+    from breadcrumbs_vllm.tasks import get_task, parse_task_options
 
     bc = read_breadcrumbs_config(args.model)
     if not (args.task or bc.task):
         raise ValueError("--task is required: the model's config names no task")
-    task = get_task(args.task or bc.task)
+    same_task = args.task in (None, bc.task)
+    options = {**(bc.task_options if same_task else {}), **parse_task_options(args.task_option)}
+    task = get_task(args.task or bc.task, **options)
     ratios = parse_ratio_list(args.ratios)
     for ratio in ratios:
         bc.check_ratio(ratio)
@@ -51,11 +62,21 @@ def run(args: argparse.Namespace) -> int:
     baseline_engine = None
     if baselines and Path(baseline_model).resolve() != Path(args.model).resolve():
         baseline_engine = ReferenceEngine.from_checkpoint(baseline_model)
-    problems = task.problems(args.n, args.seed)
+    if args.held_out_from:
+        print(f"held out: replaying the training problems of {args.held_out_from}")
+        seen = set().union(*(training_prompts(path.strip())
+                             for path in args.held_out_from.split(",") if path.strip()))
+        problems, skipped = unseen_problems(task, args.n, args.seed, seen)
+        print(f"held out: skipped {skipped} problems of seed {args.seed} seen in training")
+    else:
+        problems = task.problems(args.n, args.seed)
     rows = Evaluator(engine, task, args.max_tokens, args.batch_size,
                      baseline_engine=baseline_engine).run(problems, ratios, baselines)
 
-    title = f"{task.name}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
+    knobs = "".join(f", {k}={v}" for k, v in options.items())
+    title = f"{task.name}{knobs}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
+    if args.held_out_from:
+        title += f" (held out: {skipped} seen in training skipped)"
     if baselines:
         title += f"; baselines on {Path(baseline_model).name}"
     print_table(rows, title)

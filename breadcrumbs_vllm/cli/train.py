@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     teacher = stages.add_parser("teacher", help="SFT warm start on solver traces, then GRPO")
     teacher.add_argument("--task", default="countdown")
+    teacher.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                         help="a difficulty knob of the task (repeatable), e.g. high=12; recorded "
+                              "in the checkpoint, so the student and `breadcrumbs eval` use it too")
     teacher.add_argument("--layers", type=int, default=4)
     teacher.add_argument("--hidden", type=int, default=128, help="hidden size (head size is 32)")
     teacher.add_argument("--sft-steps", type=int, default=1500)
@@ -23,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     teacher.add_argument("--init", default=None,
                          help="start from this teacher checkpoint instead of random weights (e.g. "
                               "more GRPO with --sft-steps 0); its size and task replace "
-                              "--layers, --hidden and --task")
+                              "--layers, --hidden, --task and --task-option")
     student = stages.add_parser("student", help="beacon student distilled from --teacher")
     student.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def config_from_args(args: argparse.Namespace, parse_ratio_list):
+    from breadcrumbs_vllm.tasks import get_task, parse_task_options
     from breadcrumbs_vllm.training.config import TrainConfig
 
     common = {"stage": args.stage, "seed": args.seed, "rl_steps": args.rl_steps,
@@ -109,8 +113,10 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
             return teacher_config_from_init(args, common)
         if args.layers < 1 or args.hidden < 32 or args.hidden % 32:
             raise ValueError("--layers must be >= 1 and --hidden a positive multiple of 32")
-        return TrainConfig(task=args.task, layers=args.layers, hidden=args.hidden,
-                           sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
+        task_options = parse_task_options(args.task_option)
+        get_task(args.task, **task_options)  # unknown tasks and knobs fail before any training
+        return TrainConfig(task=args.task, task_options=task_options, layers=args.layers,
+                           hidden=args.hidden, sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
     return student_config(args, parse_ratio_list, common)
 
 
@@ -121,34 +127,38 @@ def teacher_config_from_init(args: argparse.Namespace, common: dict):
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
     from breadcrumbs_vllm.training.config import TrainConfig
 
-    task = read_breadcrumbs_config(args.init).task or "countdown"  # one-line error if no checkpoint
+    bc = read_breadcrumbs_config(args.init)  # one-line error if no checkpoint
     config = json.loads((Path(args.init) / "config.json").read_text())
     if args.sft_steps + args.rl_steps < 1:
         raise ValueError("a teacher run needs --sft-steps or --rl-steps >= 1")
-    return TrainConfig(task=task, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+    return TrainConfig(task=bc.task or "countdown", task_options=bc.task_options, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
                        sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr,
                        init=str(Path(args.init).resolve()), **common)
 
 
 def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
-    """A student run: the task comes from the teacher, ``--init`` must share it."""
+    """A student run: the task and its knobs come from the teacher, ``--init`` must share them."""
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
     from breadcrumbs_vllm.training.config import TrainConfig
 
     ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
     if not ratios:
         raise ValueError("--ratios needs at least one ratio >= 2")
-    task = read_breadcrumbs_config(args.teacher).task or "countdown"
+    teacher = read_breadcrumbs_config(args.teacher)
+    task = teacher.task or "countdown"
     if args.trace_steps < 0 or args.trace_batch < 1 or args.trace_ce < 0:
         raise ValueError("--trace-steps and --trace-ce must be >= 0 and --trace-batch >= 1")
     if args.rl_steps + args.trace_steps < 1:
         raise ValueError("the student needs --trace-steps or --rl-steps >= 1")
     init = None
     if args.init is not None:
-        if (read_breadcrumbs_config(args.init).task or "countdown") != task:
-            raise ValueError(f"--init {args.init} was trained for another task than the teacher")
+        init_bc = read_breadcrumbs_config(args.init)
+        if (init_bc.task or "countdown", init_bc.task_options) != (task, teacher.task_options):
+            raise ValueError(f"--init {args.init} was trained for another task (or other task "
+                             "options) than the teacher")
         init = str(Path(args.init).resolve())
-    return TrainConfig(task=task, teacher=str(Path(args.teacher).resolve()), ratios=ratios,
+    return TrainConfig(task=task, task_options=teacher.task_options,
+                       teacher=str(Path(args.teacher).resolve()), ratios=ratios,
                        sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0,
                        trace_steps=args.trace_steps, sft_batch=args.trace_batch,
                        trace_ce=args.trace_ce, init=init, **common)

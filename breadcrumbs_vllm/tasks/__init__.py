@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 from breadcrumbs_vllm.tasks.base import Problem, Task, final_answer
@@ -27,4 +28,22 @@ def get_task(name: str, **knobs: Any) -> Task:
     return TASKS[name](**knobs)
 
 
-__all__ = ["TASKS", "Problem", "Task", "final_answer", "get_task"]
+def parse_task_options(items: list[str] | None) -> dict[str, Any]:
+    """``["high=12", "target_range=[10,60]"]`` as knobs: values are JSON where they parse as it.
+
+    The knobs are recorded in a checkpoint's ``breadcrumbs`` block (``task_options``), so training,
+    evaluation and the student all draw problems from the same distribution.
+    """
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-option {item!r}: expected KEY=VALUE, e.g. high=12")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+__all__ = ["TASKS", "Problem", "Task", "final_answer", "get_task", "parse_task_options"]

@@ -19,6 +19,7 @@ class TrainConfig:
 
     stage: str  # "teacher" or "student"
     task: str = "countdown"
+    task_options: dict = field(default_factory=dict)  # difficulty knobs, e.g. {"high": 12}
     seed: int = 0
     # model (teacher from scratch)
     layers: int = 4

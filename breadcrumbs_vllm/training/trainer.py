@@ -66,6 +66,20 @@ def step_seed(cfg: TrainConfig, step: int, stream: int, rank: int = 0) -> int:
     return (cfg.seed * 1_000_003 + step * 7_919 + stream * 104_729 + rank * 15_485_863) % 2**31
 
 
+def step_problems(cfg: TrainConfig, task: Task, step: int, rank: int = 0) -> list[Problem]:
+    """The problems step ``step`` of a run draws: solver traces during the warm start (teacher
+    SFT, student trace steps), rollout prompts after it.
+
+    The trainer draws through this function and ``breadcrumbs eval --held-out-from`` replays it to
+    learn every problem a checkpoint trained on, so the two cannot disagree.
+    """
+    warm_start = cfg.sft_steps if cfg.stage == "teacher" else cfg.trace_steps
+    if step < warm_start:
+        stream = 0 if cfg.stage == "teacher" else 4
+        return task.problems(cfg.sft_batch, step_seed(cfg, step, stream, rank))
+    return task.problems(cfg.rl_problems, step_seed(cfg, step, 1, rank))
+
+
 def solver_batch(engine: ReferenceEngine, task: Task,
                  problems: list[Problem]) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt ids (chat turns) and solver-trace ids as the model must generate them: the
@@ -97,7 +111,7 @@ class Run:
         self.teacher_out = teacher_out
         self.acc = Accelerator(cpu=not torch.cuda.is_available(),
                                mixed_precision=cfg.mixed_precision)
-        self.task = get_task(cfg.task)
+        self.task = get_task(cfg.task, **cfg.task_options)
         self.step = 0
         self.log: list[dict] = []
         self.reference = None  # frozen copy of the teacher when RL starts (--kl-coef > 0)
@@ -121,7 +135,8 @@ class Run:
             model, _, self.bc = load_checkpoint(cfg.init, attn_implementation="sdpa")
         else:
             model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
-                                                        ratios=cfg.ratios, task=cfg.task)
+                                           ratios=cfg.ratios, task=cfg.task,
+                                           task_options=cfg.task_options)
         self.teacher = self.acc.prepare(model.train())
         self.teacher_opt = self.acc.prepare(torch.optim.AdamW(self.teacher.parameters(), lr=cfg.lr,
                                                               weight_decay=0.0))
@@ -154,7 +169,7 @@ class Run:
     def teacher_sft_step(self) -> dict:
         """Cross-entropy on a fresh batch of solver traces, learning rate warmup then cosine."""
         cfg = self.cfg
-        prompts, targets = self.solver_traces(stream=0)
+        prompts, targets = self.solver_traces()
         batch = self.batch(prompts, targets, [None] * len(prompts))
         set_lr(self.teacher_opt, cfg.lr * lr_factor(self.step, cfg.warmup, cfg.sft_steps))
         loss = sft_loss(self.predict(self.teacher, batch), batch.targets)
@@ -164,8 +179,7 @@ class Run:
     def rollout_step(self) -> tuple[dict, Rollouts]:
         """Sample ``group`` completions per problem; in teacher or joint mode, one GRPO update."""
         cfg = self.cfg
-        problems = self.task.problems(cfg.rl_problems, step_seed(cfg, self.step, 1, self.acc.process_index))
-        rollouts = self.sample(problems)
+        rollouts = self.sample(step_problems(cfg, self.task, self.step, self.acc.process_index))
         metrics = {"reward": rollouts.rewards.mean().item(),
                    "gen_len": sum(map(len, rollouts.generations)) / len(rollouts.generations)}
         adv = group_advantages(rollouts.rewards, cfg.group)
@@ -199,7 +213,7 @@ class Run:
         instead of ``max_tokens`` sampling steps, so the student first learns to use beacons
         cheaply; the joint phase on the teacher's own rollouts follows.
         """
-        prompts, traces = self.solver_traces(stream=4)
+        prompts, traces = self.solver_traces()
         batch = self.batch(prompts, traces, [None] * len(prompts))
         with torch.no_grad():
             logits = self.predict(self.teacher, batch)
@@ -265,11 +279,10 @@ class Run:
     def engine(self, model) -> ReferenceEngine:
         return ReferenceEngine(self.acc.unwrap_model(model), self.tokenizer, self.bc)
 
-    def solver_traces(self, stream: int) -> tuple[list[list[int]], list[list[int]]]:
+    def solver_traces(self) -> tuple[list[list[int]], list[list[int]]]:
         """``sft_batch`` fresh problems of this step: prompt ids and solver-trace ids."""
-        seed = step_seed(self.cfg, self.step, stream, self.acc.process_index)
-        return solver_batch(self.engine(self.teacher), self.task,
-                            self.task.problems(self.cfg.sft_batch, seed))
+        problems = step_problems(self.cfg, self.task, self.step, self.acc.process_index)
+        return solver_batch(self.engine(self.teacher), self.task, problems)
 
     def evaluate(self) -> dict:
         """Greedy accuracy on a small held-out set: the teacher uncompressed, the student per ratio."""
