@@ -118,20 +118,24 @@ def test_task_options_parse_json_values_and_reject_bare_keys():
 # --- Countdown ---------------------------------------------------------------------------------
 
 STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)(?: (x|\[[\d ]+\]))?")
+BACK = re.compile(r"back((?: \d+[-+*/]\d+=\d+)*) \[([\d ]+)\]")
 
 
-def replay(numbers: list[int], target: int, trace: str) -> None:
+def replay(numbers: list[int], target: int, trace: str, restate_path: bool) -> None:
     """Re-run a Countdown trace as a depth-first search: every step is legal in the current
-    state, every ``back`` returns to the state it names, and the last step makes the target."""
-    stack = [Counter(numbers)]
+    state, every ``back`` returns to the state it names (restating the steps that reached it
+    when ``restate_path``), and the last step makes the target."""
+    stack = [(Counter(numbers), [])]  # each open state and the steps that reached it
     lines = trace.splitlines()
     for line in lines[:-2]:
-        if line.startswith("back ["):
+        if back := BACK.fullmatch(line):
             stack.pop()
-            assert Counter(map(int, line[6:-1].split())) == stack[-1]
+            state, steps = stack[-1]
+            assert Counter(map(int, back[2].split())) == state
+            assert back[1].split() == (steps if restate_path else [])
             continue
         a, op, b, r, tail = STEP.fullmatch(line).groups()
-        a, b, r, state = int(a), int(b), int(r), stack[-1]
+        (a, b, r), (state, steps) = map(int, (a, b, r)), stack[-1]
         assert state[a] and state[b] and (a != b or state[a] >= 2) and a >= b
         assert apply_op(a, op, b) == r
         after = state - Counter([a, b]) + Counter([r])
@@ -139,19 +143,20 @@ def replay(numbers: list[int], target: int, trace: str) -> None:
             assert sum(after.values()) == 1 and r != target
         else:
             assert tail and Counter(map(int, tail[1:-1].split())) == after
-            stack.append(after)
+            stack.append((after, [*steps, line.split(" ")[0]]))
     a, op, b, r, tail = STEP.fullmatch(lines[-2]).groups()
     assert tail is None and int(r) == target == apply_op(int(a), op, int(b))
 
 
+@pytest.mark.parametrize("restate_path", [False, True])
 @SETTINGS
 @given(seed=seeds)
-def test_countdown_trace_is_a_depth_first_search(seed):
-    task = get_task("countdown")
+def test_countdown_trace_is_a_depth_first_search(restate_path, seed):
+    task = get_task("countdown", restate_path=restate_path)
     problem = task.problems(1, seed)[0]
     trace = task.solve(problem)
-    replay(problem.data["numbers"], problem.data["target"], trace)
-    assert trace.count("\nback [") >= 1  # default min_backtracks
+    replay(problem.data["numbers"], problem.data["target"], trace, restate_path)
+    assert trace.count("\nback ") >= 1  # default min_backtracks
     # The diagnosis replays it too: no faulty line, whatever the answer line says.
     assert task.diagnose(problem, trace) == "correct"
     assert task.diagnose(problem, trace.rsplit("\n", 1)[0]) == "no answer"
@@ -220,6 +225,19 @@ def test_countdown_diagnose_names_the_first_faulty_line(line, replacement, fault
     # The answer is broken too, so that every corruption is a failed completion.
     text = with_answer("\n".join(lines), "16+15+9")
     assert task.diagnose(EXAMPLE, text) == fault
+
+
+def test_countdown_restated_path_is_checked():
+    """With ``restate_path`` each ``back`` line carries the steps to its state, and a wrong or
+    missing restatement is a ``backtrack`` fault."""
+    task = get_task("countdown", restate_path=True)
+    restated = EXAMPLE_TRACE.replace("back [19 16 24]", "back 15+9=24 [19 16 24]")
+    assert task.solve(EXAMPLE) == restated
+    for wrong in ("back 15+8=23 [19 16 24]", "back [19 16 24]", "back 15+9=24 24-16=8 [19 16 24]"):
+        text = with_answer(restated.replace("back 15+9=24 [19 16 24]", wrong, 1), "16+15+9")
+        assert task.diagnose(EXAMPLE, text) == "backtrack", wrong
+    # A sound trace with a broken answer line only fails on that line.
+    assert task.diagnose(EXAMPLE, with_answer(restated, "16+15+9")) == "wrong answer"
 
 
 @pytest.mark.parametrize("expr,numbers,value", [

@@ -19,6 +19,11 @@ Trace format (one operation per line, the numbers left after it in brackets)::
     16+5=21                  the target: the search stops
     Answer: 16+(15+9-19)
 
+With ``restate_path`` a ``back`` line also restates the steps of the path to the state it
+returns to (``back 15+9=24 [19 16 24]``). Everything the answer line needs is then written after
+the last ``back`` line: a model whose older tokens are compressed into beacons copies the path
+from a few lines up instead of recalling lines from the start of the trace.
+
 Order and pruning: candidate steps are tried closest-to-target first, at most ``breadth`` of them
 per state (a beam that keeps traces a few hundred characters long; the generator only keeps
 problems this search solves). Among the final steps of a branch (two numbers left) only the
@@ -38,6 +43,7 @@ from breadcrumbs_vllm.tasks.base import ANSWER_PREFIX, Problem, Task
 
 _STEP = re.compile(r"([0-9]{1,9})([-+*/])([0-9]{1,9})=(-?[0-9]{1,9})(.*)")
 _STATE = re.compile(r"\[([0-9]{1,9}( [0-9]{1,9})*)\]")
+_BACK = re.compile(r"back((?: [0-9]{1,9}[-+*/][0-9]{1,9}=[0-9]{1,9})*) (\[.*\])")
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -87,7 +93,7 @@ class Countdown(Task):
 
     def __init__(self, count: int = 4, low: int = 1, high: int = 25,
                  target_range: tuple[int, int] = (10, 99), breadth: int = 3,
-                 min_backtracks: int = 1) -> None:
+                 min_backtracks: int = 1, restate_path: bool = False) -> None:
         if (count < 2 or not 1 <= low <= high or not 1 <= target_range[0] <= target_range[1]
                 or breadth < 1 or min_backtracks < 0):
             raise ValueError("countdown needs count >= 2, 1 <= low <= high, a positive target "
@@ -98,6 +104,7 @@ class Countdown(Task):
         self.target_range = target_range
         self.breadth = breadth
         self.min_backtracks = min_backtracks
+        self.restate_path = restate_path
 
     def generate(self, rng: random.Random) -> Problem:
         """A target built from the numbers, kept only if this solver's search solves it.
@@ -140,11 +147,15 @@ class Countdown(Task):
     def _trace(self, numbers: list[int], target: int) -> list[str] | None:
         """The full trace, ``Answer:`` line included; ``None`` if the search fails."""
         lines: list[str] = []
-        found = self._search([_Item(n, str(n)) for n in numbers], target, lines)
+        found = self._search([_Item(n, str(n)) for n in numbers], target, lines, [])
         return None if found is None else [*lines, f"Answer: {found.expr}"]
 
-    def _search(self, items: list[_Item], target: int, lines: list[str]) -> _Item | None:
-        """Depth-first search from ``items``, appending trace lines; the item equal to ``target``."""
+    def _search(self, items: list[_Item], target: int, lines: list[str],
+                path: list[str]) -> _Item | None:
+        """Depth-first search from ``items``, appending trace lines; the item equal to ``target``.
+
+        ``path`` holds the steps that led from the given numbers to ``items``.
+        """
         for child, made in self._children(items, target)[:self.breadth]:
             step = f"{made.step}={made.value}"
             if made.value == target:
@@ -154,11 +165,19 @@ class Countdown(Task):
                 lines.append(f"{step} x")
                 break
             lines.append(f"{step} {_state(child)}")
-            found = self._search(child, target, lines)
+            found = self._search(child, target, lines, [*path, step])
             if found is not None:
                 return found
-            lines.append(f"back {_state(items)}")
+            lines.append(self._back_line(path, _state(items)))
         return None
+
+    def _back_line(self, path: list[str], state: str) -> str:
+        """The line that returns the search to ``state``, reached by the steps in ``path``."""
+        return " ".join(["back", *self._restated(path), state])
+
+    def _restated(self, path: list[str]) -> list[str]:
+        """The steps a ``back`` line writes before the state it returns to."""
+        return path if self.restate_path else []
 
     @staticmethod
     def _children(items: list[_Item], target: int) -> list[tuple[list[_Item], _Item]]:
@@ -190,29 +209,39 @@ class Countdown(Task):
 
         Categories: ``arithmetic`` (``a op b`` is not the value written), ``operand`` (a number
         not left in the current state), ``state`` (the bracket is not what is left), ``backtrack``
-        (``back [..]`` names no state on the current path), ``verdict`` (a step wrongly marked
+        (``back`` names no state on the current path, or not the steps that reached it), ``verdict`` (a step wrongly marked
         as hitting or missing the target), ``format`` (not a trace line), ``wrong answer`` (every
         step sound, the ``Answer:`` line not), ``no answer``.
         """
         if self.verify(problem, completion):
             return "correct"
         target = problem.data["target"]
-        path = [sorted(problem.data["numbers"])]  # the state each open branch started from
+        # Each open branch: the steps that reached the state it started from, and that state.
+        path: list[tuple[list[str], list[int]]] = [([], sorted(problem.data["numbers"]))]
         for line in filter(None, (ln.strip() for ln in completion.split("\n"))):
             if line.startswith(ANSWER_PREFIX):
                 return "wrong answer"
             if line.startswith("back"):
-                wanted = _parse_state(line[len("back"):].strip())
+                back = _parse_back(line)
+                if back is None:
+                    return "format"
                 path.pop()  # the branch that just failed
-                while path and path[-1] != wanted:
+                while path and back != (self._restated(path[-1][0]), path[-1][1]):
                     path.pop()
                 if not path:
-                    return "backtrack" if wanted is not None else "format"
+                    return "backtrack"
                 continue
             fault = _check_step(line, path, target)
             if fault is not None:
                 return fault
         return "no answer"
+
+
+def _parse_back(line: str) -> tuple[list[str], list[int]] | None:
+    """``"back 15+9=24 [19 16 24]"`` -> ``(["15+9=24"], [16, 19, 24])``; ``None`` if malformed."""
+    match = _BACK.fullmatch(line)
+    state = None if match is None else _parse_state(match[2])
+    return None if state is None else (match[1].split(), state)
 
 
 def _parse_state(text: str) -> list[int] | None:
@@ -221,13 +250,14 @@ def _parse_state(text: str) -> list[int] | None:
     return None if match is None else sorted(int(n) for n in match.group(1).split())
 
 
-def _check_step(line: str, path: list[list[int]], target: int) -> str | None:
+def _check_step(line: str, path: list[tuple[list[str], list[int]]], target: int) -> str | None:
     """Check one operation line against the current state; push the state it opens."""
     match = _STEP.fullmatch(line)
     if match is None:
         return "format"
     a, op, b, value, rest = int(match[1]), match[2], int(match[3]), int(match[4]), match[5].strip()
-    left = Counter(path[-1])
+    steps, current = path[-1]
+    left = Counter(current)
     left[a] -= 1
     left[b] -= 1
     if min(left.values()) < 0:
@@ -243,7 +273,7 @@ def _check_step(line: str, path: list[list[int]], target: int) -> str | None:
         return "format"
     if state != sorted([*left.elements(), value]):
         return "state"
-    path.append(state)
+    path.append(([*steps, f"{a}{op}{b}={value}"], state))
     return None
 
 
