@@ -43,11 +43,11 @@ ROLLOUTS := --init models/countdown-student --rl-steps 20 --rl-problems 4 --grou
 teacher: setup  # models/countdown-teacher: Countdown with numbers 1..12, 46 min
 	$(TRAIN) teacher --task-option high=12 --out runs/teacher --layers 4 --hidden 128 \
 		--sft-steps 2400 --sft-batch 32 --lr 2e-3 --rl-steps 20 --rl-problems 8 --group 8 \
-		--temperature 0.7 --eval-every 800 --eval-n 64 --seed 0 --threads 2 --mixed-precision bf16
+		--temperature 0.7 --eval-every 800 --eval-n 64 --seed 0 --threads 2 --mixed-precision auto
 
 student: setup  # models/countdown-student: 2600 distillation steps on solver traces, 66 min
 	$(TRAIN) $(STUDENT) --out runs/student --trace-steps 2600 $(TRACES) --distill-lr 2e-3 \
-		--warmup 50 --seed 0 --mixed-precision bf16
+		--warmup 50 --seed 0 --mixed-precision auto
 
 ablation: setup  # joint vs sequential from the bundled student: 20 rollout steps each, ~3 min each
 	$(TRAIN) $(STUDENT) --out runs/student-joint $(ROLLOUTS)

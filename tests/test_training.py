@@ -13,6 +13,7 @@ import torch
 
 from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
+from breadcrumbs_vllm.cli.train import resolve_mixed_precision
 from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
 from breadcrumbs_vllm.tasks import get_task
 from breadcrumbs_vllm.training.config import TrainConfig
@@ -218,6 +219,16 @@ def test_student_bf16_autocast_trains_in_float32_weights(teacher: Path) -> None:
     assert kl[0] != first and kl[0] == pytest.approx(first, rel=0.05)
     model, _, _ = load_checkpoint(out)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_mixed_precision_auto_follows_the_device(capsys) -> None:
+    assert resolve_mixed_precision("auto", native=True) == "bf16"
+    assert resolve_mixed_precision("auto", native=False) == "no"
+    assert resolve_mixed_precision("no", native=True) == "no"
+    assert capsys.readouterr().err == ""
+    # bf16 asked of a device without it is honoured, with a warning: it is slow, not wrong.
+    assert resolve_mixed_precision("bf16", native=False) == "bf16"
+    assert "no native bf16" in capsys.readouterr().err
 
 
 def test_grpo_skips_the_update_when_no_group_has_signal(teacher: Path, tmp_path: Path) -> None:
