@@ -32,7 +32,8 @@ eval: setup
 lint: setup
 	$(BIN)/ruff check breadcrumbs_vllm server tests loadtests
 
-# Reproduce the bundled models (docs/training.md): each within 90 minutes on 2 CPU cores.
+# Reproduce the bundled models (docs/training.md): each within 90 minutes on 2 cores of a CPU with
+# native bf16 (the times below); without it (AVX2 only) about twice as long, in float32.
 TRAIN := $(BIN)/breadcrumbs train
 STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
 	--eval-n 16 --eval-every 100000 --threads 2
