@@ -209,9 +209,9 @@ class Countdown(Task):
 
         Categories: ``arithmetic`` (``a op b`` is not the value written), ``operand`` (a number
         not left in the current state), ``state`` (the bracket is not what is left), ``backtrack``
-        (``back`` names no state on the current path, or not the steps that reached it), ``verdict`` (a step wrongly marked
-        as hitting or missing the target), ``format`` (not a trace line), ``wrong answer`` (every
-        step sound, the ``Answer:`` line not), ``no answer``.
+        (``back`` names no state on the current path, or not the steps that reached it),
+        ``verdict`` (a step wrongly marked as hitting or missing the target), ``format`` (not a
+        trace line), ``wrong answer`` (every step sound, the ``Answer:`` line not), ``no answer``.
         """
         if self.verify(problem, completion):
             return "correct"
