@@ -135,7 +135,7 @@ def resolve_mixed_precision(choice: str, native: bool) -> str:
     """``auto`` -> ``bf16`` or ``no``; warn when bf16 is asked of a device without it.
 
     Autocast to bf16 on a CPU without native bf16 falls back to slow conversions: a teacher SFT
-    step took 22 s there against 2.4 s in float32, while on a CPU with it bf16 was the faster
+    step took 22 s there against 2.2 s in float32, while on a CPU with it bf16 was the faster
     one (docs/training.md).
     """
     import sys
