@@ -74,6 +74,7 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     (["eval", "--model", "{model}", "--task-option", "high"], "expected KEY=VALUE"),
     (["eval", "--model", "{model}", "--task-option", "size=3"], "unexpected keyword argument"),
     (["train", "teacher", "--out", "{plain}/run", "--task-option", "low=0"], "countdown needs"),
+    (["train", "student", "--out", "{plain}/run"], "needs --teacher"),
     (["eval", "--model", "{model}", "--held-out-from", "{model}"], "has no training_config.json"),
 ])
 def test_bad_input_gets_one_line_error(random_model, tmp_path, args, message):

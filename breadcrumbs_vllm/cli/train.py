@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "more GRPO with --sft-steps 0); its size and task replace "
                               "--layers, --hidden, --task and --task-option")
     student = stages.add_parser("student", help="beacon student distilled from --teacher")
-    student.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    student.add_argument("--teacher", default=None,
+                         help="teacher checkpoint folder (required, except with --resume: the "
+                              "run's recorded config names it)")
     student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
     student.add_argument("--sequential", action="store_true",
                          help="distil from the frozen teacher (ablation) instead of jointly")
@@ -169,6 +171,8 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
     from breadcrumbs_vllm.training.config import TrainConfig
 
+    if args.teacher is None:
+        raise ValueError("the student needs --teacher PATH")
     ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
     if not ratios:
         raise ValueError("--ratios needs at least one ratio >= 2")
