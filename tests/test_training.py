@@ -24,7 +24,7 @@ from breadcrumbs_vllm.training.losses import (
     token_logprobs,
 )
 from breadcrumbs_vllm.training.mask import build_beacon_batch
-from breadcrumbs_vllm.training.trainer import STATE_FILE, Run
+from breadcrumbs_vllm.training.trainer import CONFIG_FILE, STATE_FILE, Run
 
 TINY = ["--seed", "0", "--rl-problems", "2", "--group", "2", "--max-tokens", "16",
         "--eval-n", "2", "--threads", "2"]
@@ -297,6 +297,16 @@ def test_held_out_replays_exactly_the_problems_a_lineage_trained_on(teacher: Pat
     assert len(drawn) == 2 * 4 + 2
     assert training_prompts(tmp_path / "student") == set(drawn) | training_prompts(teacher)
     assert len(training_prompts(teacher)) > 30 * 8 // 2  # 30 SFT batches of 8, 2 GRPO batches
+
+    # A run continued from it and moved (as into models/) names its origin relative to itself.
+    moved = tmp_path / "moved" / "continued"
+    moved.mkdir(parents=True)
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    config["breadcrumbs"]["teacher"] = str(teacher)
+    (moved / "config.json").write_text(json.dumps(config))
+    record = json.loads((tmp_path / "student" / CONFIG_FILE).read_text())
+    (moved / CONFIG_FILE).write_text(json.dumps(record | {"seed": 7, "init": "../../student"}))
+    assert training_prompts(moved) > training_prompts(tmp_path / "student")
 
     task = get_task("countdown", high=12)
     first = task.problems(8, 99)

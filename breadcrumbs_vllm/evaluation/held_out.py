@@ -24,8 +24,8 @@ def training_prompts(model: Path | str) -> set[str]:
     """The prompts of every problem ``model`` trained on, and every checkpoint it started from.
 
     Follows ``init`` (a run continued from another checkpoint) and the teacher (a student's
-    ``breadcrumbs.teacher``, else the one its config records). Assumes one training process,
-    as on this machine; a multi-process run draws per-rank problems that are not replayed here.
+    ``breadcrumbs.teacher``, else the one its config records). Assumes one training process, as
+    on this machine; a multi-process run draws per-rank problems that are not replayed here.
     """
     prompts: set[str] = set()
     pending, visited = [Path(model).resolve()], set()
@@ -43,8 +43,10 @@ def training_prompts(model: Path | str) -> set[str]:
         for step in range(cfg.total_steps):
             prompts.update(p.prompt for p in step_problems(cfg, task, step))
         bc = read_breadcrumbs_config(folder)
-        teacher = folder / bc.teacher if bc.teacher else cfg.teacher
-        pending += [Path(origin).resolve() for origin in (cfg.init, teacher) if origin]
+        teacher = bc.teacher or cfg.teacher
+        # A relative path is relative to the checkpoint, so a lineage moved into the repo
+        # (``models/``) stays resolvable; runs record absolute paths.
+        pending += [(folder / origin).resolve() for origin in (cfg.init, teacher) if origin]
     return prompts
 
 
