@@ -36,8 +36,8 @@ lint: setup
 # student in three stages, each continuing the one before it, whose checkpoint is committed
 # (models/stages/), so each command reproduces one checkpoint from committed ones. Times: the
 # teacher and stage 1 on 2 cores of a CPU with native bf16; stages 2 and 3 on 2 cores of an
-# AVX2-only CPU (float32, which `--mixed-precision auto` picks there; bf16 stages take about twice
-# as long on such a CPU).
+# AVX2-only CPU (float32, which `--mixed-precision auto` picks there; the teacher and stage 1 take
+# about twice as long on such a CPU).
 TRAIN := $(BIN)/breadcrumbs train
 STAGES := models/stages
 STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
