@@ -7,6 +7,7 @@ Clients are the official ``openai`` package and raw ``httpx`` for the error path
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -218,6 +219,22 @@ def test_bad_input_gets_openai_error(server, body, status, param):
     assert error["param"] is not None and error["param"].startswith(param.split(".")[0])
     if param == "compression_ratio" and status == 400:
         assert "supported: 2, 4, 8, 16" in error["message"]
+
+
+def test_eager_cpu_engine_runs_in_process_and_leaves_the_environment(server, monkeypatch):
+    from vllm import ModelRegistry
+
+    from server.engines.embedded import _cpu_cold_start
+
+    backend = server[1].state.service.backend
+    assert backend.engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with _cpu_cold_start(backend.settings.model) as engine_args:
+        assert engine_args == {"distributed_executor_backend": "uni"}
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    model_class = ModelRegistry.models["Qwen2ForCausalLM"]
+    assert not hasattr(model_class, "module_name"), "still inspected in a subprocess"
 
 
 def test_seeded_compression_is_refused_on_cpu_and_engine_survives(server, client):

@@ -9,8 +9,11 @@ plugin's ``breadcrumbs_*`` ones -- in the default registry that ``/metrics`` ser
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 from server.compression import KVState
 from server.engines.base import Delta, EngineBackend, GenParams
@@ -43,6 +46,42 @@ def _kv_logger_factory(sink: _KVUsageSink):
     return KVUsageLogger
 
 
+@contextmanager
+def _cpu_cold_start(model: Path) -> Iterator[dict]:
+    """Engine arguments that skip two Python start-ups vLLM pays to protect GPUs, not CPUs.
+
+    Each fresh process re-imports torch and vLLM, 15-20 s on a 2-core CPU, which is what kept a
+    first eager ``breadcrumbs serve`` over a minute (bench_startup.py):
+
+    - vLLM inspects a model class missing from its cache (``~/.cache/vllm/modelinfos``) in a
+      subprocess, so this process never initialises CUDA. Registering the class object itself
+      lets it inspect here; there is no CUDA to keep out.
+    - The CPU platform runs the model in a worker process below the engine-core process unless
+      V1 multiprocessing is off; with it off it keeps the in-process ("uni") executor, so the
+      model runs in the engine-core process. ``AsyncLLM`` starts that process either way. The
+      variable is set only while the engine starts (the child inherits it), so an engine built
+      later in this process (tests) is not affected.
+
+    The price is that scheduling no longer overlaps the forward pass: a compiled model, whose
+    forward is short, decodes slower this way, so only the eager (fast-start) mode uses it.
+    """
+    from vllm import ModelRegistry
+
+    for arch in json.loads((model / "config.json").read_text()).get("architectures", []):
+        if arch in ModelRegistry.models:
+            ModelRegistry.register_model(arch, ModelRegistry.models[arch].load_model_cls())
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield {"distributed_executor_backend": "uni"}
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
 class EmbeddedBackend(EngineBackend):
     name = "embedded"
 
@@ -67,14 +106,15 @@ class EmbeddedBackend(EngineBackend):
         # On CPU, torch.compile's warm-up would double a cold start (the first minute matters
         # more there than decode speed); on GPUs, compilation and CUDA graphs pay for themselves.
         compile_model = s.compile if s.compile is not None else not current_platform.is_cpu()
-        args = AsyncEngineArgs(
-            model=str(s.model), served_model_name=[s.model_name], block_size=s.block_size,
-            max_model_len=s.max_model_len, kv_cache_memory_bytes=kv_bytes,
-            enable_log_requests=s.log_content,
-            enforce_eager=not compile_model,
-        )
-        self.engine = AsyncLLM.from_engine_args(
-            args, stat_loggers=[_kv_logger_factory(self._sink)])
+        fast_start = current_platform.is_cpu() and not compile_model
+        with _cpu_cold_start(s.model) if fast_start else nullcontext({}) as fast:
+            args = AsyncEngineArgs(
+                model=str(s.model), served_model_name=[s.model_name], block_size=s.block_size,
+                max_model_len=s.max_model_len, kv_cache_memory_bytes=kv_bytes,
+                enable_log_requests=s.log_content, enforce_eager=not compile_model, **fast,
+            )
+            self.engine = AsyncLLM.from_engine_args(
+                args, stat_loggers=[_kv_logger_factory(self._sink)])
 
     async def stop(self) -> None:
         if self.engine is not None:
