@@ -103,7 +103,7 @@ class EmbeddedBackend(EngineBackend):
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{s.kv_cache_gib:g}"
             else:
                 kv_bytes = int(s.kv_cache_gib * (1 << 30))
-        # On CPU, torch.compile's warm-up would double a cold start (the first minute matters
+        # On CPU, torch.compile's warm-up would push a cold start past a minute (which matters
         # more there than decode speed); on GPUs, compilation and CUDA graphs pay for themselves.
         compile_model = s.compile if s.compile is not None else not current_platform.is_cpu()
         fast_start = current_platform.is_cpu() and not compile_model
