@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     max_model_len: int = 4096
     compile: bool | None = Field(
         None, description="torch.compile the model (embedded); None = only on GPUs. On a 2-core "
-        "CPU compiling adds ~60-70 s to a cold start and decodes ~1.2-1.8x faster (bench_startup.py)")
+        "CPU compiling adds ~60-70 s to a cold start and decodes ~1.1-1.8x faster (bench_startup.py)")
     health_interval_s: float = Field(5.0, gt=0, description="remote backend health/metrics poll")
     upstream_timeout_s: float = Field(600.0, gt=0)
 
