@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
-.PHONY: setup serve test eval lint teacher student student-1 student-2 ablation
+.PHONY: setup serve test eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
+	student-3 student-4 student-5 student-7 student ablation
 
 setup: $(STAMP)
 
@@ -32,36 +33,66 @@ eval: setup
 lint: setup
 	$(BIN)/ruff check breadcrumbs_vllm server tests loadtests
 
-# Reproduce the bundled models (docs/training.md). The teacher trains from random weights; the
-# student in three stages, each continuing the one before it, whose checkpoint is committed
-# (models/stages/), so each command reproduces one checkpoint from committed ones. Times: the
-# teacher and stage 1 on 2 cores of a CPU with native bf16; stages 2 and 3 on 2 cores of an
-# AVX2-only CPU (float32, which `--mixed-precision auto` picks there; the teacher and stage 1 take
-# about twice as long on such a CPU).
+# Reproduce the bundled models (docs/training.md). Each command reproduces one checkpoint from the
+# committed one before it (models/stages/), within 90 minutes on the machine that timed it, so the
+# chain replays from random weights. The teacher: trained from random weights (teacher-1), 1200 more
+# SFT steps (teacher-2-sft), a KL-guarded GRPO stage (teacher). The student: stages 1-3 distilled
+# from teacher-1, stages 4-8 from the served teacher (stage 6 was not kept). Times: teacher-1 and
+# stage 1 on 2 cores of a CPU with native bf16; the rest on 2 cores of an AVX2-only CPU (float32,
+# which `--mixed-precision auto` picks there; teacher-1 and stage 1 take about twice as long there).
 TRAIN := $(BIN)/breadcrumbs train
 STAGES := models/stages
-STUDENT := student --teacher models/countdown-teacher --ratios 2,4,8,16 --max-tokens 512 \
-	--eval-n 16 --eval-every 100000 --threads 2
-TRACES := --trace-batch 32 --trace-ce 1 --sequential --warmup 50 --mixed-precision auto
+STUDENT := --ratios 2,4,8,16 --max-tokens 512 --eval-n 16 --eval-every 100000 --threads 2
+TRACES := --trace-batch 32 --sequential --warmup 50 --mixed-precision auto
+STUDENT_1 := student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) $(TRACES) --trace-ce 1
+STUDENT_2 := student --teacher models/countdown-teacher $(STUDENT) $(TRACES)
+TEACHER_FLAGS := --eval-n 64 --threads 2 --mixed-precision auto
 ROLLOUTS := --init $(STAGES)/countdown-student-1 --rl-steps 20 --rl-problems 4 --group 4 \
 	--temperature 0.7 --distill-lr 2e-4 --warmup 0 --seed 0
 
-teacher: setup  # models/countdown-teacher: Countdown with numbers 1..12, 46 min
-	$(TRAIN) teacher --task-option high=12 --out runs/teacher --layers 4 --hidden 128 \
+teacher-1: setup  # models/stages/countdown-teacher-1: Countdown with numbers 1..12, 46 min
+	$(TRAIN) teacher --task-option high=12 --out runs/teacher-1 --layers 4 --hidden 128 \
 		--sft-steps 2400 --sft-batch 32 --lr 2e-3 --rl-steps 20 --rl-problems 8 --group 8 \
-		--temperature 0.7 --eval-every 800 --eval-n 64 --seed 0 --threads 2 --mixed-precision auto
+		--temperature 0.7 --eval-every 800 --seed 0 $(TEACHER_FLAGS)
 
-student-1: setup  # models/stages/countdown-student-1: 2600 distillation steps from the teacher, 66 min
-	$(TRAIN) $(STUDENT) --out runs/student-1 --trace-steps 2600 $(TRACES) --distill-lr 2e-3 --seed 0
+teacher-2-sft: setup  # models/stages/countdown-teacher-2-sft: 1200 more SFT steps, 38.6 min
+	$(TRAIN) teacher --init $(STAGES)/countdown-teacher-1 --out runs/teacher-2-sft --sft-steps 1200 \
+		--sft-batch 32 --lr 5e-4 --warmup 50 --rl-steps 0 --eval-every 600 --seed 1 $(TEACHER_FLAGS)
 
-student-2: setup  # models/stages/countdown-student-2: 1400 more steps from stage 1, 67.5 min
-	$(TRAIN) $(STUDENT) --init $(STAGES)/countdown-student-1 --out runs/student-2 --trace-steps 1400 \
-		$(TRACES) --distill-lr 5e-4 --seed 1
+teacher: setup  # models/countdown-teacher: 20 GRPO steps with a KL guard, 8.1 min
+	$(TRAIN) teacher --init $(STAGES)/countdown-teacher-2-sft --out runs/teacher --sft-steps 0 \
+		--rl-steps 20 --rl-problems 8 --group 8 --rl-lr 2e-5 --kl-coef 0.2 --temperature 0.7 \
+		--eval-every 10 --seed 1 $(TEACHER_FLAGS)
 
-student: setup  # models/countdown-student: 1400 more steps from stage 2, 68 min
-	$(TRAIN) $(STUDENT) --init $(STAGES)/countdown-student-2 --out runs/student --trace-steps 1400 \
-		$(TRACES) --distill-lr 3e-4 --seed 2
+student-1: setup  # models/stages/countdown-student-1: 2600 distillation steps from teacher-1, 66 min
+	$(TRAIN) $(STUDENT_1) --out runs/student-1 --trace-steps 2600 --distill-lr 2e-3 --seed 0
 
-ablation: setup  # joint vs sequential from stage 1 of the student: 20 rollout steps each, ~3 min each
-	$(TRAIN) $(STUDENT) --out runs/student-joint $(ROLLOUTS)
-	$(TRAIN) $(STUDENT) --out runs/student-seq $(ROLLOUTS) --sequential
+student-2: setup  # models/stages/countdown-student-2: 1400 more steps, 67.5 min
+	$(TRAIN) $(STUDENT_1) --init $(STAGES)/countdown-student-1 --out runs/student-2 \
+		--trace-steps 1400 --distill-lr 5e-4 --seed 1
+
+student-3: setup  # models/stages/countdown-student-3: 1400 more steps, 68.3 min
+	$(TRAIN) $(STUDENT_1) --init $(STAGES)/countdown-student-2 --out runs/student-3 \
+		--trace-steps 1400 --distill-lr 3e-4 --seed 2
+
+student-4: setup  # models/stages/countdown-student-4: 300 steps from the served teacher, 15.3 min
+	$(TRAIN) $(STUDENT_2) --trace-ce 1 --init $(STAGES)/countdown-student-3 --out runs/student-4 \
+		--trace-steps 300 --distill-lr 3e-4 --seed 3
+
+student-5: setup  # models/stages/countdown-student-5: 1200 more steps, 61.2 min
+	$(TRAIN) $(STUDENT_2) --trace-ce 1 --init $(STAGES)/countdown-student-4 --out runs/student-5 \
+		--trace-steps 1200 --distill-lr 5e-4 --seed 4
+
+student-7: setup  # models/stages/countdown-student-7: 300 steps, trace cross-entropy 3x, 13.3 min
+	$(TRAIN) $(STUDENT_2) --trace-ce 3 --init $(STAGES)/countdown-student-5 --out runs/student-7 \
+		--trace-steps 300 --distill-lr 3e-4 --seed 7
+
+student: setup  # models/countdown-student: stage 8, 300 more steps of the same, 16.5 min
+	$(TRAIN) $(STUDENT_2) --trace-ce 3 --init $(STAGES)/countdown-student-7 --out runs/student \
+		--trace-steps 300 --distill-lr 3e-4 --seed 8
+
+ablation: setup  # joint vs sequential from stage 1 (teacher-1's student): 20 rollout steps each, ~3-5 min each
+	$(TRAIN) student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) --out runs/student-joint \
+		$(ROLLOUTS)
+	$(TRAIN) student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) --out runs/student-seq \
+		$(ROLLOUTS) --sequential

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-gib", type=float, help="KV pool size in GiB (VLLM_CPU_KVCACHE_SPACE "
                                                       "on CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the model (default: on GPUs only; on CPU it adds ~35 s "
+                   help="torch.compile the model (default: on GPUs only; on CPU it adds ~60-70 s "
                         "to a cold start)")
     p.add_argument("--api-keys", help="comma-separated bearer keys; when set, /v1/* needs one")
     p.add_argument("--backends", help="comma-separated vLLM server URLs (remote mode)")
