@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def plot_frontier(rows: Sequence[EvalRow], path: Path, title: str) -> None:
     ax.set_xlabel("peak KV entries per sequence (mean)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 72), fontsize=10)  # titles name model, seed, held-out set
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
