@@ -15,6 +15,7 @@ from breadcrumbs_vllm.checkpoint import load_checkpoint, read_breadcrumbs_config
 from breadcrumbs_vllm.cli import main
 from breadcrumbs_vllm.cli.train import resolve_mixed_precision
 from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
+from breadcrumbs_vllm.reference import GenerationRequest
 from breadcrumbs_vllm.tasks import get_task
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
@@ -139,6 +140,40 @@ def test_student_kl_falls_on_a_fixed_rollout_batch(teacher: Path, tmp_path: Path
     rollouts = run.sample(run.task.problems(2, 7))
     kl = [run.student_step(rollouts)["kl"] for _ in range(8)]
     assert kl[-1] < 0.7 * kl[0]
+
+
+def test_on_policy_rollouts_are_the_students_own_decoding(tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """A sharpened random teacher, whose greedy decoding changes with every beacon: the rollouts
+    must be the student's decoding at the ratios its distillation step then draws."""
+    cfg = TrainConfig(stage="student", teacher=str(tiny_checkpoint), ratios=[2, 4], rl_steps=1,
+                      rl_problems=3, group=1, max_tokens=24, temperature=0.0, sequential=True,
+                      on_policy=True, warmup=0)
+    run = Run(cfg, tmp_path / "student")
+    rollouts = run.sample(run.task.problems(3, 7))
+    requests = [GenerationRequest(p, ratio=r, max_tokens=24)
+                for p, r in zip(rollouts.prompts, run.step_ratios(3))]
+    own = [r.token_ids for r in run.engine(run.student).generate(requests)]
+    teachers = [r.token_ids for r in run.engine(run.teacher).generate(
+        [GenerationRequest(p, max_tokens=24) for p in rollouts.prompts])]
+    assert rollouts.generations == own != teachers
+    with torch.no_grad():  # the teacher scores them, without beacons
+        assert torch.equal(rollouts.teacher_logits,
+                           run.predict(run.teacher, run.batch(rollouts.prompts, own, [None] * 3)))
+
+
+def test_on_policy_student_trains_and_needs_sequential(teacher: Path, capsys) -> None:
+    out = teacher.parent / "student-on-policy"
+    args = ["train", "student", "--teacher", str(teacher), "--out", str(out), "--ratios", "2,4",
+            "--rl-steps", "2", "--on-policy", "--eval-every", "100", *TINY]
+    assert main(args) == 2
+    assert "--on-policy needs --sequential" in capsys.readouterr().err
+    assert main([*args, "--group", "1"]) == 2  # GRPO needs groups; a frozen teacher does not
+    assert "--group >= 2" in capsys.readouterr().err
+    assert main([*args, "--sequential", "--group", "1"]) == 0
+    log = log_of(out)
+    assert len(log) == 2 and all({"kl", "reward"} <= row.keys() for row in log)
+    assert TrainConfig.from_json((out / CONFIG_FILE).read_text()).on_policy
 
 
 def test_existing_run_needs_resume(teacher: Path, capsys) -> None:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
     student.add_argument("--sequential", action="store_true",
                          help="distil from the frozen teacher (ablation) instead of jointly")
+    student.add_argument("--on-policy", action="store_true",
+                         help="with --sequential: rollouts are the student's own samples (with "
+                              "beacons), which the teacher scores, instead of the teacher's")
     student.add_argument("--teacher-out", default=None,
                          help="joint mode: where the co-trained teacher goes (default OUT-teacher)")
     student.add_argument("--distill-lr", type=float, default=1e-3)
@@ -110,8 +113,11 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
               "max_tokens": args.max_tokens, "eval_every": args.eval_every, "eval_n": args.eval_n,
               "save_every": args.save_every, "warmup": args.warmup,
               "mixed_precision": resolve_mixed_precision(args.mixed_precision, native_bf16())}
-    if args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0 or args.group < 2 and args.rl_steps:
-        raise ValueError("--rl-steps, --warmup and --kl-coef must be >= 0 and --group >= 2")
+    # GRPO compares completions within a group; a frozen teacher (--sequential) runs none.
+    grpo = args.stage == "teacher" or not args.sequential
+    if args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0 or args.group < 1 + grpo and args.rl_steps:
+        raise ValueError("--rl-steps, --warmup and --kl-coef must be >= 0 and --group >= 2 "
+                         "(>= 1 with --sequential)")
     if args.stage == "teacher":
         if args.init is not None:
             return teacher_config_from_init(args, common)
@@ -182,6 +188,9 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
         raise ValueError("--trace-steps and --trace-ce must be >= 0 and --trace-batch >= 1")
     if args.rl_steps + args.trace_steps < 1:
         raise ValueError("the student needs --trace-steps or --rl-steps >= 1")
+    if args.on_policy and not args.sequential:
+        raise ValueError("--on-policy needs --sequential: the teacher's GRPO learns from its own "
+                         "samples, not the student's")
     init = None
     if args.init is not None:
         init_bc = read_breadcrumbs_config(args.init)
@@ -191,6 +200,7 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
         init = str(Path(args.init).resolve())
     return TrainConfig(task=task, task_options=teacher.task_options,
                        teacher=str(Path(args.teacher).resolve()), ratios=ratios,
-                       sequential=args.sequential, distill_lr=args.distill_lr, sft_steps=0,
+                       sequential=args.sequential, on_policy=args.on_policy,
+                       distill_lr=args.distill_lr, sft_steps=0,
                        trace_steps=args.trace_steps, sft_batch=args.trace_batch,
                        trace_ce=args.trace_ce, init=init, **common)

@@ -44,6 +44,7 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint (student: instead of the teacher)
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
+    on_policy: bool = False  # rollouts sampled from the student (with beacons), not the teacher
     distill_lr: float = 1e-3
     trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
     trace_ce: float = 0.0  # warm start: weight of cross-entropy on the trace tokens next to the KL

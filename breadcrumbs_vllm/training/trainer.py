@@ -14,6 +14,9 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   step on it, and the student always minimises KL(teacher || student) on the same sequences
   under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``. ``sequential``
   keeps the teacher frozen (distillation from a finished teacher), for the ablation.
+  ``on_policy`` (with ``sequential``) samples the rollouts from the student instead, with beacons
+  at the ratios its step then trains on: the teacher labels the states the student's own decoding
+  reaches, mistakes included, which traces and teacher samples never show it.
 
 Every step is a pure function of (config, step): problems, sampling seeds and ratios derive from
 the seed and the step number, so ``--resume`` continues exactly where a run stopped. Checkpoints
@@ -92,13 +95,13 @@ def solver_batch(engine: ReferenceEngine, task: Task,
 
 @dataclass
 class Rollouts:
-    """A batch of teacher completions with rewards, and the teacher's logits on them."""
+    """A batch of sampled completions with rewards, and the teacher's logits on them."""
 
     prompts: list[list[int]]
     generations: list[list[int]]
     rewards: torch.Tensor  # [B]
-    #: [N, V] the sampling policy's logits at every generated position, sequence after
-    #: sequence (:meth:`BeaconBatch.gather`), computed without beacons.
+    #: [N, V] the teacher's logits at every generated position, sequence after sequence
+    #: (:meth:`BeaconBatch.gather`), computed without beacons.
     teacher_logits: torch.Tensor
 
 
@@ -226,9 +229,8 @@ class Run:
         start) those are the correct reasoning, a sharper target than the teacher's soft one.
         """
         cfg = self.cfg
-        rng = random.Random(step_seed(cfg, self.step, 2, self.acc.process_index))
-        ratios = [rng.choice(cfg.ratios) for _ in rollouts.prompts]
-        batch = self.batch(rollouts.prompts, rollouts.generations, ratios)
+        batch = self.batch(rollouts.prompts, rollouts.generations,
+                           self.step_ratios(len(rollouts.prompts)))
         set_lr(self.student_opt, cfg.distill_lr * lr_factor(self.step, cfg.warmup, cfg.total_steps))
         logits = self.predict(self.student, batch)
         kl = distill_kl(logits, rollouts.teacher_logits)
@@ -242,16 +244,29 @@ class Run:
         return metrics
 
     # --- helpers -----------------------------------------------------------------------------
+    def step_ratios(self, n: int) -> list[int]:
+        """The ratio of each of this step's ``n`` student sequences: one draw per (run, step), so
+        on-policy sampling and the distillation step that follows agree."""
+        rng = random.Random(step_seed(self.cfg, self.step, 2, self.acc.process_index))
+        return [rng.choice(self.cfg.ratios) for _ in range(n)]
+
     def sample(self, problems: list[Problem]) -> Rollouts:
-        """Teacher completions (temperature ``cfg.temperature``), rewards, teacher logits."""
+        """Completions (temperature ``cfg.temperature``), rewards, teacher logits.
+
+        The teacher samples them; with ``on_policy`` the student does, with beacons at the ratios
+        of :meth:`step_ratios`, and the rewards are the student's.
+        """
         cfg = self.cfg
-        engine = self.engine(self.teacher)
+        policy = self.student if cfg.on_policy else self.teacher
+        engine = self.engine(policy)
         prompts = [chat_prompt_ids(engine, p) for p in problems for _ in range(cfg.group)]
+        ratios = self.step_ratios(len(prompts)) if cfg.on_policy else [None] * len(prompts)
         base = step_seed(cfg, self.step, 3, self.acc.process_index)
         results = engine.generate([
-            GenerationRequest(prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                              seed=base + i) for i, prompt in enumerate(prompts)])
-        self.teacher.train()
+            GenerationRequest(prompt, ratio=ratio, max_tokens=cfg.max_tokens,
+                              temperature=cfg.temperature, seed=base + i)
+            for i, (prompt, ratio) in enumerate(zip(prompts, ratios))])
+        policy.train()
         generations = [r.token_ids for r in results]
         rewards = torch.tensor([
             self.task.verify(p, self.tokenizer.decode(g, skip_special_tokens=True))
