@@ -43,14 +43,17 @@ def recipe_argv(target: str) -> list[str]:
     return command[command.index(".venv/bin/breadcrumbs") + 1:]
 
 
+RECIPES = recipes()
+
+
 def test_every_bundled_checkpoint_has_a_recipe() -> None:
-    folders = {folder for _, folder in recipes()}
+    folders = {folder for _, folder in RECIPES}
     committed = {p.parent for p in (ROOT / "models").glob(f"*/{CONFIG_FILE}")}
     committed |= {p.parent for p in (ROOT / "models/stages").glob(f"*/{CONFIG_FILE}")}
     assert committed and committed <= folders, sorted(map(str, committed - folders))
 
 
-@pytest.mark.parametrize("target,folder", recipes(), ids=[t for t, _ in recipes()])
+@pytest.mark.parametrize("target,folder", RECIPES, ids=[t for t, _ in RECIPES])
 def test_recipe_rebuilds_the_recorded_config(target: str, folder: Path) -> None:
     args = build_parser().parse_args(recipe_argv(target))
     rebuilt = dataclasses.asdict(config_from_args(args, parse_ratio_list))
@@ -63,4 +66,3 @@ def test_recipe_rebuilds_the_recorded_config(target: str, folder: Path) -> None:
         expected = (folder / linked).resolve() if linked else None
         given = getattr(args, flag, None)
         assert (Path(ROOT / given).resolve() if given else None) == expected, flag
-

@@ -114,8 +114,9 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
               "save_every": args.save_every, "warmup": args.warmup,
               "mixed_precision": resolve_mixed_precision(args.mixed_precision, native_bf16())}
     # GRPO compares completions within a group; a frozen teacher (--sequential) runs none.
-    grpo = args.stage == "teacher" or not args.sequential
-    if args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0 or args.group < 1 + grpo and args.rl_steps:
+    min_group = 2 if args.stage == "teacher" or not args.sequential else 1
+    if (args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0
+            or args.group < min_group and args.rl_steps):
         raise ValueError("--rl-steps, --warmup and --kl-coef must be >= 0 and --group >= 2 "
                          "(>= 1 with --sequential)")
     if args.stage == "teacher":
