@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
 .PHONY: setup serve test eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
-	student-3 student-4 student-5 student-7 student ablation
+	student-3 student-4 student-5 student-7 student-8 student ablation
 
 setup: $(STAMP)
 
@@ -37,9 +37,10 @@ lint: setup
 # committed one before it (models/stages/), within 90 minutes on the machine that timed it, so the
 # chain replays from random weights. The teacher: trained from random weights (teacher-1), 1200 more
 # SFT steps (teacher-2-sft), a KL-guarded GRPO stage (teacher). The student: stages 1-3 distilled
-# from teacher-1, stages 4-8 from the served teacher (stage 6 was not kept). Times: teacher-1 and
-# stage 1 on 2 cores of a CPU with native bf16; the rest on 2 cores of an AVX2-only CPU (float32,
-# which `--mixed-precision auto` picks there; teacher-1 and stage 1 take about twice as long there).
+# from teacher-1, stages 4-10 from the served teacher (stages 6 and 9 were not kept). Times:
+# teacher-1 and stage 1 on 2 cores of a CPU with native bf16; the rest on 2 cores of an AVX2-only
+# CPU (float32, which `--mixed-precision auto` picks there; teacher-1 and stage 1 take about twice
+# as long there).
 TRAIN := $(BIN)/breadcrumbs train
 STAGES := models/stages
 STUDENT := --ratios 2,4,8,16 --max-tokens 512 --eval-n 16 --eval-every 100000 --threads 2
@@ -87,9 +88,14 @@ student-7: setup  # models/stages/countdown-student-7: 300 steps, trace cross-en
 	$(TRAIN) $(STUDENT_2) --trace-ce 3 --init $(STAGES)/countdown-student-5 --out runs/student-7 \
 		--trace-steps 300 --distill-lr 3e-4 --seed 7
 
-student: setup  # models/countdown-student: stage 8, 300 more steps of the same, 16.5 min
-	$(TRAIN) $(STUDENT_2) --trace-ce 3 --init $(STAGES)/countdown-student-7 --out runs/student \
+student-8: setup  # models/stages/countdown-student-8: 300 more steps of the same, 16.5 min
+	$(TRAIN) $(STUDENT_2) --trace-ce 3 --init $(STAGES)/countdown-student-7 --out runs/student-8 \
 		--trace-steps 300 --distill-lr 3e-4 --seed 8
+
+student: setup  # models/countdown-student: stage 10, 300 steps, trace cross-entropy 10x, 24.8 min
+	$(TRAIN) student --teacher models/countdown-teacher $(STUDENT) --trace-batch 48 --sequential \
+		--warmup 30 --mixed-precision auto --trace-ce 10 --init $(STAGES)/countdown-student-8 \
+		--out runs/student --trace-steps 300 --distill-lr 2e-4 --seed 11
 
 ablation: setup  # joint vs sequential from stage 1 (teacher-1's student): 20 rollout steps each, ~3-5 min each
 	$(TRAIN) student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) --out runs/student-joint \
