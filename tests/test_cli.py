@@ -70,7 +70,7 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     (["generate", "--model", "{model}", "--ratio", "32", "x"], "not supported"),
     (["generate", "--model", "/nonexistent/model", "x"], "does not exist"),
     (["generate", "--model", "{plain}", "x"], "no 'breadcrumbs' block"),
-    (["eval", "--model", "{model}", "--baselines", "h2o"], "unknown baseline"),
+    (["eval", "--model", "{model}", "--baselines", "quest"], "unknown baseline"),
     (["eval", "--model", "{model}", "--task-option", "high"], "expected KEY=VALUE"),
     (["eval", "--model", "{model}", "--task-option", "size=3"], "unexpected keyword argument"),
     (["train", "teacher", "--out", "{plain}/run", "--task-option", "low=0"], "countdown needs"),

@@ -122,4 +122,4 @@ def test_bad_requests_fail_clearly(engine):
     with pytest.raises(ValueError, match="either"):
         engine.generate([GenerationRequest([5, 6], ratio=4, policy=StreamingLLM(8))])
     with pytest.raises(ValueError, match="unknown baseline"):
-        make_policy("h2o", 8)
+        make_policy("quest", 8)

@@ -1,15 +1,29 @@
 """The reference engine (the oracle) and the training-free eviction baselines."""
 
 from breadcrumbs_vllm.reference.engine import GenerationRequest, GenerationResult, ReferenceEngine
-from breadcrumbs_vllm.reference.policies import POLICIES, TOVA, KVPolicy, StreamingLLM, make_policy
+from breadcrumbs_vllm.reference.policies import (
+    H2O,
+    POLICIES,
+    RKV,
+    TOVA,
+    KVPolicy,
+    SnapKV,
+    StreamingLLM,
+    StreamingLLMSinks,
+    make_policy,
+)
 
 __all__ = [
+    "H2O",
     "POLICIES",
+    "RKV",
     "TOVA",
     "GenerationRequest",
     "GenerationResult",
     "KVPolicy",
     "ReferenceEngine",
+    "SnapKV",
     "StreamingLLM",
+    "StreamingLLMSinks",
     "make_policy",
 ]

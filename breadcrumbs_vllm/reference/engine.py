@@ -40,6 +40,9 @@ class GenerationRequest:
     ignore_eos: bool = False
     policy: KVPolicy | None = None
     return_logits: bool = False
+    #: Ends the generation (finish reason ``"budget"``) where the next forward would make the
+    #: cache hold more than this many entries, prompt included; ``None``: no such limit.
+    kv_budget: int | None = None
 
 
 @dataclass
@@ -47,7 +50,7 @@ class GenerationResult:
     """What a request produced and what it cost in KV entries."""
 
     token_ids: list[int]
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "budget" (the request's kv_budget was reached)
     num_beacons: int
     peak_kv_entries: int
     mean_kv_entries: float
@@ -144,6 +147,9 @@ class ReferenceEngine:
             raise ValueError("the prompt is empty")
         if request.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
+        if request.kv_budget is not None and request.kv_budget < len(request.prompt_ids):
+            raise ValueError(f"the prompt ({len(request.prompt_ids)} tokens) does not fit the KV "
+                             f"budget of {request.kv_budget} entries")
         generator = None
         if request.temperature > 0:
             generator = torch.Generator().manual_seed(request.seed if request.seed is not None else 0)
@@ -224,6 +230,7 @@ class ReferenceEngine:
                 evict = policy.select(
                     layer.keys.shape[1], seq.schedule.prompt_len,
                     attention[layer_idx] if attention is not None else None,
+                    layer=layer_idx, keys=layer.keys,
                 )
                 keep = torch.ones(layer.keys.shape[1], dtype=torch.bool)
                 keep[evict] = False
@@ -256,6 +263,9 @@ class ReferenceEngine:
             seq.finish_reason = "stop"
         elif len(seq.generated) >= request.max_tokens:
             seq.finish_reason = "length"
+        elif request.kv_budget is not None and seq.kv_len >= request.kv_budget:
+            # Every forward (token or beacon) adds one entry: the next one would exceed it.
+            seq.finish_reason = "budget"
         else:
             seq.pending = token
 

@@ -1,8 +1,20 @@
 """Training-free KV eviction baselines, kvpress-style: one small interface, one tiny class each.
 
 A policy runs after every forward pass of an *uncompressed* model (no beacons). When the cache
-holds more than ``budget`` entries it names which entries of one layer to drop. The prompt is never
-evicted (the same rule 1 the beacon model obeys), so the baselines compete on the same footing.
+holds more than ``budget`` entries it names which entries of one layer to drop; the engine removes
+them with a boolean mask, so the kept entries stay in their original order (kvpress's decoding
+path does not, NVIDIA/kvpress#173: nothing here is taken from its output).
+
+Protocol shared by every policy, unless its docstring says otherwise:
+
+- **Which entries may go.** The prompt is never evicted (the same rule 1 the beacon model obeys),
+  so the baselines compete on the same footing; only generated entries are candidates.
+- **How often.** After every forward pass, back down to ``budget`` (so the trace reads
+  ``budget + 1`` right after each forward, the newest entry included, as the engine measures).
+- **Granularity.** One kept set per layer, shared by its heads (the reference cache is one tensor
+  per layer); scores are averaged over heads. Ties go against the older entry.
+- **Recent windows.** A policy that always keeps its newest ``w`` entries shrinks ``w`` to the
+  budget's room beyond the protected prefix, so that the budget always holds.
 """
 
 from __future__ import annotations
@@ -10,10 +22,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
+
+
+def lowest(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions of the ``n`` lowest scores in ascending position order; ties go to the older."""
+    order = torch.sort(scores, stable=True).indices
+    return torch.sort(order[:n]).values
+
+
+def keep_mask(kv_len: int, evict: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(kv_len, dtype=torch.bool)
+    keep[evict] = False
+    return keep
 
 
 class KVPolicy(ABC):
-    """Chooses KV entries to evict so that a sequence keeps at most ``budget`` entries."""
+    """Chooses KV entries to evict so that a sequence keeps at most ``budget`` entries.
+
+    One instance serves one sequence: stateful policies (H2O, SnapKV, R-KV) keep per-layer
+    history aligned with that sequence's cache, which holds because the engine evicts exactly
+    the entries :meth:`select` returns, and calls it once per layer after every forward.
+    """
 
     name: str = ""
     #: Whether :meth:`select` needs the newest query's attention weights (eager attention).
@@ -24,24 +54,59 @@ class KVPolicy(ABC):
             raise ValueError(f"KV budget must be a positive number of entries, got {budget}")
         self.budget = budget
 
+    def protected(self, prompt_len: int) -> int:
+        """How many leading entries are never evicted: the prompt, unless a policy says otherwise."""
+        return prompt_len
+
     def num_to_evict(self, kv_len: int, prompt_len: int) -> int:
-        """How many entries must go: never the prompt, so a budget below it keeps the prompt."""
-        return max(0, min(kv_len - self.budget, kv_len - prompt_len))
+        """How many entries must go: never a protected one, so a budget below them keeps them."""
+        return max(0, min(kv_len - self.budget, kv_len - self.protected(prompt_len)))
+
+    def candidates(self, kv_len: int, prompt_len: int, recent: int) -> tuple[int, int]:
+        """``[start, stop)``: the entries that may go when the newest ``recent`` are kept.
+
+        The window shrinks to the budget's room beyond the protected prefix, so the range always
+        holds at least :meth:`num_to_evict` entries.
+        """
+        start = self.protected(prompt_len)
+        room = max(0, self.budget - start)
+        return start, kv_len - min(recent, room)
 
     @abstractmethod
-    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None) -> torch.Tensor:
-        """Indices (into this layer's cache) of the entries to evict; ``attention`` is
-        ``[heads, kv_len]``, the newest query's weights, when :attr:`needs_attention`."""
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices (into this layer's cache) of the entries to evict. ``attention`` is
+        ``[heads, kv_len]``, the newest query's weights, when :attr:`needs_attention`; ``keys``
+        is the layer's ``[kv_heads, kv_len, head_dim]`` cache, newest entry included."""
 
 
 class StreamingLLM(KVPolicy):
-    """Attention sinks + most recent entries: the prompt is the sink; drop the oldest generated."""
+    """Attention sinks + most recent entries (Xiao et al. 2023): drop the oldest non-sink entry.
+
+    This variant keeps the whole prompt as its sink, so only generated entries go (the shared
+    protocol). :class:`StreamingLLMSinks` is the paper's own setting, a few sink tokens.
+    """
 
     name = "streaming"
+    #: Leading entries kept as sinks; ``None`` keeps the whole prompt.
+    sinks: int | None = None
 
-    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None) -> torch.Tensor:
-        n = self.num_to_evict(kv_len, prompt_len)
-        return torch.arange(prompt_len, prompt_len + n)
+    def protected(self, prompt_len: int) -> int:
+        return prompt_len if self.sinks is None else self.sinks
+
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        start = self.protected(prompt_len)
+        return torch.arange(start, start + self.num_to_evict(kv_len, prompt_len))
+
+
+class StreamingLLMSinks(StreamingLLM):
+    """StreamingLLM as published: the first 4 entries are sinks and everything after them,
+    prompt included, is a window of the most recent entries. The one policy that may evict the
+    prompt; it keeps exactly ``budget`` entries once the cache is longer than that."""
+
+    name = "streaming-sinks"
+    sinks = 4
 
 
 class TOVA(KVPolicy):
@@ -51,20 +116,121 @@ class TOVA(KVPolicy):
     name = "tova"
     needs_attention = True
 
-    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None) -> torch.Tensor:
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
         n = self.num_to_evict(kv_len, prompt_len)
         if n == 0:
             return torch.empty(0, dtype=torch.long)
         assert attention is not None, "TOVA needs the newest query's attention weights"
-        scores = attention.float().mean(dim=0)[prompt_len:]
-        return prompt_len + torch.topk(scores, n, largest=False).indices
+        return prompt_len + lowest(attention.float().mean(dim=0)[prompt_len:], n)
 
 
-POLICIES: dict[str, type[KVPolicy]] = {cls.name: cls for cls in (StreamingLLM, TOVA)}
+class H2O(KVPolicy):
+    """Heavy-Hitter Oracle (Zhang et al. 2023): keep the entries that have gathered the most
+    attention, summed over every query since they entered the cache, plus a recent window.
+
+    Window: half the budget's room beyond the prompt is the recent window and the other half
+    heavy hitters (H2O's equal split). An entry's sum starts with the first query that sees it
+    (itself); the prompt's prefill attention is not accumulated, which is harmless because the
+    prompt is never evicted. Sums of evicted entries are dropped with them.
+    """
+
+    name = "h2o"
+    needs_attention = True
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget)
+        self._sums: dict[int, torch.Tensor] = {}
+
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        assert attention is not None, "H2O needs the newest query's attention weights"
+        sums = self._sums.get(layer, torch.zeros(0))
+        sums = F.pad(sums, (0, kv_len - sums.numel())) + attention.float().mean(dim=0)
+        n = self.num_to_evict(kv_len, prompt_len)
+        start, stop = self.candidates(kv_len, prompt_len,
+                                      max(0, self.budget - self.protected(prompt_len)) // 2)
+        evict = start + lowest(sums[start:stop], n)
+        self._sums[layer] = sums[keep_mask(kv_len, evict)]
+        return evict
+
+
+class SnapKV(KVPolicy):
+    """SnapKV-style scoring (Li et al. 2024), applied at every decoding step: an entry's score
+    is the attention the last ``window`` queries paid it (averaged over heads, summed over the
+    queries), max-pooled over ``kernel`` neighbouring entries so that a kept entry keeps its
+    neighbours' context; the newest ``window`` entries (the observation window) are always kept.
+
+    Windows: 8 queries and a kernel of 5 (SnapKV uses 32 and 7 on prompts of thousands of tokens;
+    the generated room here is tens of entries). Pooling runs over the cache in its current order,
+    padding with ``-inf`` at the ends. SnapKV proper compresses the prompt once; here the prompt
+    is kept whole and the rule runs on generated entries, the way decoding presses apply it.
+    """
+
+    name = "snapkv"
+    needs_attention = True
+    window = 8
+    kernel = 5
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget)
+        self._rows: dict[int, torch.Tensor] = {}  # per layer: [<= window, kv_len]
+
+    def importance(self, rows: torch.Tensor) -> torch.Tensor:
+        """The window's summed attention per entry, max-pooled: ``[kv_len]``."""
+        summed = rows.sum(dim=0)[None, None]
+        return F.max_pool1d(summed, self.kernel, stride=1, padding=self.kernel // 2)[0, 0]
+
+    def score(self, rows: torch.Tensor, keys: torch.Tensor | None, start: int,
+              stop: int) -> torch.Tensor:
+        """Scores of the candidates ``[start, stop)``; the lowest go."""
+        return self.importance(rows)[start:stop]
+
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        assert attention is not None, f"{self.name} needs the newest query's attention weights"
+        old = self._rows.get(layer, torch.zeros(0, kv_len - 1))
+        rows = torch.cat([F.pad(old, (0, 1)), attention.float().mean(dim=0)[None]])[-self.window:]
+        n = self.num_to_evict(kv_len, prompt_len)
+        start, stop = self.candidates(kv_len, prompt_len, self.window)
+        evict = start + lowest(self.score(rows, keys, start, stop), n)
+        self._rows[layer] = rows[:, keep_mask(kv_len, evict)]
+        return evict
+
+
+class RKV(SnapKV):
+    """R-KV-style (Cai et al. 2025): importance from attention, minus redundancy among keys.
+
+    ``score = mix * I - (1 - mix) * R`` over the candidates, with ``mix = 0.1`` (R-KV's λ):
+    ``I`` is SnapKV's pooled window attention (kernel 7, R-KV's), normalised to sum to 1 over
+    the candidates; ``R`` is each candidate key's mean cosine similarity to the other candidates
+    (averaged over KV heads), passed through a softmax over the candidates so that both terms sum
+    to 1. Of two identical keys with equal importance the older goes. Keys are the cached
+    (post-RoPE) ones, as R-KV uses; the observation window is SnapKV's, 8 entries, kept.
+    """
+
+    name = "rkv"
+    kernel = 7
+    mix = 0.1
+
+    def score(self, rows: torch.Tensor, keys: torch.Tensor | None, start: int,
+              stop: int) -> torch.Tensor:
+        assert keys is not None, "R-KV needs the layer's keys"
+        importance = super().score(rows, keys, start, stop)
+        importance = importance / importance.sum().clamp_min(1e-12)
+        unit = F.normalize(keys[:, start:stop].float(), dim=-1)
+        similarity = (unit @ unit.transpose(1, 2)).mean(dim=0)  # [m, m], heads averaged
+        m = stop - start
+        others = (similarity.sum(dim=1) - similarity.diagonal()) / max(m - 1, 1)
+        return self.mix * importance - (1 - self.mix) * torch.softmax(others, dim=0)
+
+
+POLICIES: dict[str, type[KVPolicy]] = {
+    cls.name: cls for cls in (StreamingLLM, StreamingLLMSinks, TOVA, H2O, SnapKV, RKV)}
 
 
 def make_policy(name: str, budget: int) -> KVPolicy:
-    """Build a baseline by name (``streaming`` or ``tova``); one-line error for unknown names."""
+    """Build a baseline by name (see :data:`POLICIES`); one-line error for unknown names."""
     try:
         return POLICIES[name](budget)
     except KeyError:
