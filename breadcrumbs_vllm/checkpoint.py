@@ -1,8 +1,10 @@
-"""The checkpoint format: a Hugging Face Qwen2 folder plus a ``breadcrumbs`` block in ``config.json``.
+"""The checkpoint format: a Hugging Face causal-LM folder plus a ``breadcrumbs`` block in ``config.json``.
 
-vLLM loads the very same folder natively (``Qwen2ForCausalLM``); the plugin and the reference
-engine read the ``breadcrumbs`` block to learn the beacon id and the ratios the model was trained
-for. Writes are atomic (temporary folder + rename) so a crash never leaves half a checkpoint.
+The bundled models are Qwen2 (:func:`init_model`); ``breadcrumbs convert`` makes the same kind of
+folder from a user's Llama, Qwen2 or Qwen3. vLLM loads the very same folder natively; the plugin
+and the reference engine read the ``breadcrumbs`` block to learn the beacon id and the ratios the
+model was trained for, and every loader goes through ``AutoModelForCausalLM`` (the model's own
+transformers class). Writes are atomic (temporary folder + rename) so a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from breadcrumbs_vllm.tokenizer import BEACON, EOS, IM_END, build_tokenizer, load_tokenizer
 
@@ -124,8 +133,17 @@ def init_model(
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    model.generation_config = project_generation_config(tokenizer)
     model.eval()
     return model, tokenizer, bc
+
+
+def project_generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
+    """The project tokenizer's stops: ``<|im_end|>`` and ``<|endoftext|>`` (what vLLM reads)."""
+    return GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def atomic_write_dir(out_dir: Path | str, write: Callable[[Path], None]) -> Path:
@@ -150,21 +168,19 @@ def atomic_write_dir(out_dir: Path | str, write: Callable[[Path], None]) -> Path
 
 
 def save_checkpoint(
-    model: Qwen2ForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     bc: BreadcrumbsConfig,
     out_dir: Path | str,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Save an HF-format folder (config with ``breadcrumbs`` block, safetensors, tokenizer), atomically."""
+    """Save an HF-format folder (config with ``breadcrumbs`` block, safetensors, tokenizer, chat
+    template, the model's generation config: its stop tokens), atomically."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        GenerationConfig(
-            eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
-            pad_token_id=tokenizer.pad_token_id,
-        ).save_pretrained(str(tmp))
+        model.generation_config.save_pretrained(str(tmp))
         config = json.loads((tmp / "config.json").read_text())
         config["breadcrumbs"] = bc.to_dict()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -176,7 +192,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     path: Path | str, attn_implementation: str = "eager"
-) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast, BreadcrumbsConfig]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, BreadcrumbsConfig]:
     """Load model (float32, eval mode), tokenizer and ``breadcrumbs`` block; one-line errors."""
     bc = read_breadcrumbs_config(path)
     from transformers import AutoModelForCausalLM
@@ -188,6 +204,19 @@ def load_checkpoint(
     return model, load_tokenizer(path), bc
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    """The ids that end a generation: ``<|im_end|>`` and ``<|endoftext|>``."""
-    return [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)]
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase,
+                   generation_config: GenerationConfig | None = None) -> list[int]:
+    """The ids that end a generation, as vLLM derives them: the tokenizer's end-of-sequence token
+    plus the generation config's ``eos_token_id`` (an id or a list).
+
+    A project model's generation config lists ``<|im_end|>`` and ``<|endoftext|>``
+    (:func:`project_generation_config`); a converted model keeps its own (Llama 3: ``<|eot_id|>``
+    and ``<|end_of_text|>``). Without a generation config, the project's two stops.
+    """
+    if generation_config is None:
+        return stop_token_ids(tokenizer, project_generation_config(tokenizer))
+    eos = generation_config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.insert(0, tokenizer.eos_token_id)
+    return ids

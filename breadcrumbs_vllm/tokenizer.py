@@ -20,7 +20,7 @@ import string
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 PAD = "<|pad|>"
@@ -84,3 +84,15 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills unused batch slots: the pad token, else end of sequence, else 0.
+
+    Llama tokenizers have no pad token. The training mask hides padding from every real token
+    (and the losses never read a padding position), so any id serves.
+    """
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from breadcrumbs_vllm.checkpoint import init_model
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
+from breadcrumbs_vllm.tokenizer import pad_token_id
 from breadcrumbs_vllm.training.mask import beacon_mask, build_beacon_batch, pack
 
 RATIOS = st.sampled_from([None, 2, 3, 4, 8])
@@ -37,7 +38,12 @@ MODELS = _models()
     sampled=st.booleans(),
 )
 def test_masked_forward_equals_incremental_decoding(model_idx, cases, sampled):
-    model, tokenizer, bc = MODELS[model_idx]
+    assert_masked_forward_equals_decoding(*MODELS[model_idx], cases, sampled)
+
+
+def assert_masked_forward_equals_decoding(model, tokenizer, bc, cases, sampled) -> None:
+    """Decode ``cases`` (prompt length, ratio, tokens, seed) with real eviction, then check that
+    one masked forward pass over the results gives the same logits, sequence by sequence."""
     engine = ReferenceEngine(model, tokenizer, bc)
     requests = [
         GenerationRequest(
@@ -50,7 +56,7 @@ def test_masked_forward_equals_incremental_decoding(model_idx, cases, sampled):
     results = engine.generate(requests)
     batch = build_beacon_batch(
         [r.prompt_ids for r in requests], [res.token_ids for res in results],
-        [r.ratio for r in requests], bc.beacon_token_id, tokenizer.pad_token_id,
+        [r.ratio for r in requests], bc.beacon_token_id, pad_token_id(tokenizer),
     )
     with torch.no_grad():
         logits = batch.gather(model(**batch.model_inputs()).logits)

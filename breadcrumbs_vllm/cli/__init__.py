@@ -15,6 +15,7 @@ import sys
 # Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = [
     "breadcrumbs_vllm.cli.init_model",
+    "breadcrumbs_vllm.cli.convert",
     "breadcrumbs_vllm.cli.generate",
     "breadcrumbs_vllm.cli.eval",
     "breadcrumbs_vllm.cli.serve",

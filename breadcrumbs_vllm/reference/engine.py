@@ -112,7 +112,9 @@ class ReferenceEngine:
         self.tokenizer = tokenizer
         self.bc = bc
         self.beacon_id = bc.beacon_token_id
-        self.default_stop_ids = stop_token_ids(tokenizer) if tokenizer is not None else []
+        # vLLM's stops: the tokenizer's end of sequence and the generation config's eos ids.
+        self.default_stop_ids = (stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+                                 if tokenizer is not None else [])
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> ReferenceEngine:
