@@ -1,4 +1,16 @@
-"""``breadcrumbs eval``: accuracy against KV entries on held-out problems, with baselines."""
+"""``breadcrumbs eval``: accuracy against KV entries on held-out problems, with baselines.
+
+Two modes. By default each baseline runs at the peak KV each problem reached at each ratio. With
+``--budgets`` every method gets the same KV budget ``B`` (entries, prompt included), for each
+``B``: the teacher stops when its cache is full, the student at each ratio reaches further in the
+same memory, the baselines run with cache size ``B``; the output adds AUAC per method.
+
+Harder problems than training: ``--task-option`` overrides the model's difficulty knobs, e.g.
+Countdown's ``min_backtracks=3`` (at least three dead ends before the solution: solver traces
+about 20% longer than ``min_backtracks=1``) or ``breadth=4`` (about 45% longer). The draws are
+the task's generator from ``--seed`` with those knobs, and ``--held-out-from`` still skips any
+problem a checkpoint trained on.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-model", default=None,
                    help="the model the baselines compress (default: the teacher a student's "
                         "config names, else --model)")
+    p.add_argument("--budgets", default=None, metavar="B[,B...]",
+                   help="fixed-budget mode: every method gets the same KV budget B per sequence "
+                        "(entries, prompt included), for each B. The teacher (the baseline "
+                        "model) stops when its cache holds B entries, each ratio of --ratios "
+                        "('none' is ignored) decodes the model under the same B, the baselines "
+                        "run on the teacher with cache size B; adds AUAC per method")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
     p.set_defaults(func=run)
@@ -35,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.evaluation import report
     from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
-    from breadcrumbs_vllm.evaluation.report import plot_frontier, print_table, write_json
     from breadcrumbs_vllm.evaluation.runner import Evaluator
     from breadcrumbs_vllm.reference import POLICIES, ReferenceEngine
     from breadcrumbs_vllm.tasks import get_task, parse_task_options
@@ -56,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown baseline {name!r}; known: {', '.join(POLICIES)}")
     if args.n < 1 or args.max_tokens < 1 or args.batch_size < 1:
         raise ValueError("--n, --max-tokens and --batch-size must be positive")
+    budgets = parse_budgets(args.budgets) if args.budgets is not None else None
 
     engine = ReferenceEngine.from_checkpoint(args.model)
     baseline_model = args.baseline_model or default_baseline_model(Path(args.model), bc.teacher)
     baseline_engine = None
-    if baselines and Path(baseline_model).resolve() != Path(args.model).resolve():
+    # The baseline model also runs the teacher rows of the fixed-budget mode.
+    uses_baseline_model = bool(baselines) or budgets is not None
+    if uses_baseline_model and Path(baseline_model).resolve() != Path(args.model).resolve():
         baseline_engine = ReferenceEngine.from_checkpoint(baseline_model)
     if args.held_out_from:
         print(f"held out: replaying the training problems of {args.held_out_from}")
@@ -70,20 +91,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"held out: skipped {skipped} problems of seed {args.seed} seen in training")
     else:
         problems = task.problems(args.n, args.seed)
-    rows = Evaluator(engine, task, args.max_tokens, args.batch_size,
-                     baseline_engine=baseline_engine).run(problems, ratios, baselines)
+    evaluator = Evaluator(engine, task, args.max_tokens, args.batch_size,
+                          baseline_engine=baseline_engine)
+    if budgets is not None:
+        rows = evaluator.run_fixed_budget(problems, budgets, [r for r in ratios if r is not None],
+                                          baselines)
+    else:
+        rows = evaluator.run(problems, ratios, baselines)
 
     knobs = "".join(f", {k}={v}" for k, v in options.items())
     title = f"{task.name}{knobs}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
     if args.held_out_from:
         title += f" (held out: {skipped} seen in training skipped)"
-    if baselines:
+    if budgets is not None:
+        title += f"; fixed budgets, teacher and baselines on {Path(baseline_model).name}"
+    elif baselines:
         title += f"; baselines on {Path(baseline_model).name}"
-    print_table(rows, title)
-    out = Path(args.out)
-    write_json(rows, out)
-    plot = out.with_suffix(".png")
-    plot_frontier(rows, plot, title)
+    out, plot = Path(args.out), Path(args.out).with_suffix(".png")
+    if budgets is not None:
+        report.print_budget_table(rows, title)
+        report.write_budget_json(rows, out, title)
+        report.plot_budget_sweep(rows, plot, title)
+    else:
+        report.print_table(rows, title)
+        report.write_json(rows, out)
+        report.plot_frontier(rows, plot, title)
     print(f"wrote {out} and {plot}")
     return 0
 
@@ -93,3 +125,14 @@ def default_baseline_model(model: Path, teacher: str | None) -> str:
     if teacher is not None and (model / teacher).is_dir():
         return str(model / teacher)
     return str(model)
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``"128,192,256"`` -> ``[128, 192, 256]`` (sorted, distinct), with one-line errors."""
+    try:
+        budgets = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise ValueError(f"--budgets takes whole numbers of KV entries, got {text!r}") from None
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"--budgets needs one or more positive KV budgets, got {text!r}")
+    return budgets

@@ -1,4 +1,5 @@
-"""Presenting evaluation rows: a terminal table, a JSON file and the memory-accuracy plot."""
+"""Presenting evaluation rows: a terminal table, a JSON file and the memory-accuracy plot, for
+the per-problem mode and the fixed-budget sweep (one column per budget, AUAC per method)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from breadcrumbs_vllm.evaluation.auac import auac
 from breadcrumbs_vllm.evaluation.runner import EvalRow
 
 
@@ -37,14 +39,34 @@ def write_json(rows: Sequence[EvalRow], path: Path) -> None:
     path.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
 
 
-def plot_frontier(rows: Sequence[EvalRow], path: Path, title: str) -> None:
-    """Accuracy against mean peak KV entries per sequence: one line per method."""
+def _accuracy_axes():
+    """A figure for an accuracy plot, on the file-only backend (no display on a server)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    return plt.subplots(figsize=(6.4, 4.2))
+
+
+def _save(fig, ax, path: Path, title: str, xlabel: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(textwrap.fill(title, 72), fontsize=10)  # titles name model, seed, held-out set
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_frontier(rows: Sequence[EvalRow], path: Path, title: str) -> None:
+    """Accuracy against mean peak KV entries per sequence: one line per method."""
+    fig, ax = _accuracy_axes()
     beacon = sorted((r for r in rows if r.setting == "none" or r.setting.startswith("c=")),
                     key=lambda r: r.peak_kv_entries)
     ax.plot([r.peak_kv_entries for r in beacon], [r.accuracy for r in beacon], "o-",
@@ -55,13 +77,88 @@ def plot_frontier(rows: Sequence[EvalRow], path: Path, title: str) -> None:
     for name in sorted({r.setting for r in rows} - {r.setting for r in beacon}):
         line = sorted((r for r in rows if r.setting == name), key=lambda r: r.peak_kv_entries)
         ax.plot([r.peak_kv_entries for r in line], [r.accuracy for r in line], "s--", label=name)
-    ax.set_xlabel("peak KV entries per sequence (mean)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(textwrap.fill(title, 72), fontsize=10)  # titles name model, seed, held-out set
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    _save(fig, ax, path, title, "peak KV entries per sequence (mean)")
+
+
+# ---- fixed-budget mode --------------------------------------------------------------------------
+def budget_curves(rows: Sequence[EvalRow]) -> dict[str, list[tuple[int, float]]]:
+    """Each method's ``(B, accuracy)`` points in budget order, methods in the rows' order."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        assert r.kv_budget is not None, "not a fixed-budget row"
+        curves.setdefault(r.setting, []).append((r.kv_budget, r.accuracy))
+    return {name: sorted(points) for name, points in curves.items()}
+
+
+def auac_by_method(rows: Sequence[EvalRow]) -> dict[str, float | None]:
+    """:func:`~breadcrumbs_vllm.evaluation.auac.auac` per method; ``None`` with one budget."""
+    return {name: auac(points) if len(points) > 1 else None
+            for name, points in budget_curves(rows).items()}
+
+
+def against_teacher(rows: Sequence[EvalRow]) -> list[str]:
+    """One sentence per ratio: the budgets where it beats, ties and trails the teacher."""
+    curves = budget_curves(rows)
+    teacher = dict(curves.get("teacher", []))
+    lines = []
+    for name, points in curves.items():
+        if not name.startswith("c="):
+            continue
+        verdicts: dict[str, list[int]] = {"beats": [], "ties": [], "trails": []}
+        for budget, accuracy in points:
+            key = ("beats" if accuracy > teacher[budget] else
+                   "ties" if accuracy == teacher[budget] else "trails")
+            verdicts[key].append(budget)
+        said = "; ".join(f"{verb} it at B={', '.join(map(str, budgets))}"
+                         for verb, budgets in verdicts.items() if budgets)
+        lines.append(f"{name} against its teacher at equal B: {said}")
+    return lines
+
+
+def print_budget_table(rows: Sequence[EvalRow], title: str) -> None:
+    """Accuracy per method (rows) and budget (columns), AUAC last, then the teacher verdicts."""
+    curves, areas = budget_curves(rows), auac_by_method(rows)
+    budgets = sorted({r.kv_budget for r in rows})
+    table = Table(title=title)
+    table.add_column("method")
+    for budget in budgets:
+        table.add_column(f"B={budget}", justify="right")
+    table.add_column("AUAC", justify="right")
+    for name, points in curves.items():
+        accuracy = dict(points)
+        area = areas[name]
+        table.add_row(name, *(f"{accuracy[b]:.1%}" for b in budgets),
+                      "-" if area is None else f"{area:.3f}")
+    console = Console()
+    console.print(table)
+    for line in against_teacher(rows):
+        console.print(line)
+    stopped = {(r.setting, r.kv_budget): r.finish_reasons.get("budget", 0) for r in rows}
+    console.print("stopped by the budget (of n): " + ", ".join(
+        f"{name}@{budget} {count}" for (name, budget), count in stopped.items() if count))
+
+
+def write_budget_json(rows: Sequence[EvalRow], path: Path, title: str) -> None:
+    """The rows, each method's AUAC and its definition, in one object."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    doc = {
+        "title": title,
+        "budgets": sorted({r.kv_budget for r in rows}),
+        "auac_definition": "mean accuracy over the swept budgets: trapezoid rule over B in KV "
+                           "entries (prompt included), divided by max(B) - min(B)",
+        "auac": auac_by_method(rows),
+        "against_teacher": against_teacher(rows),
+        "rows": [r.to_dict() for r in rows],
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def plot_budget_sweep(rows: Sequence[EvalRow], path: Path, title: str) -> None:
+    """Accuracy against the shared KV budget ``B``: one line per method, AUAC in the legend."""
+    fig, ax = _accuracy_axes()
+    areas = auac_by_method(rows)
+    for name, points in budget_curves(rows).items():
+        style = "o-" if name == "teacher" or name.startswith("c=") else "s--"
+        label = name if areas[name] is None else f"{name} (AUAC {areas[name]:.3f})"
+        ax.plot([b for b, _ in points], [a for _, a in points], style, label=label)
+    _save(fig, ax, path, title, "KV budget B per sequence (entries, prompt included)")

@@ -1,9 +1,14 @@
 """Held-out evaluation: accuracy against KV entries for each ratio and each training-free baseline.
 
-Every setting decodes the same problems. A baseline row matches one ratio: each problem runs the
-baseline model (a student's teacher, by default in ``breadcrumbs eval``) under the baseline's
-policy with a KV budget equal to the peak that problem reached at that ratio, so the comparison is
-at the same peak memory, sequence by sequence.
+Every setting decodes the same problems, in one of two modes:
+
+- **per-problem peaks** (:meth:`Evaluator.run`): a baseline row matches one ratio; each problem
+  runs the baseline model (a student's teacher, by default in ``breadcrumbs eval``) under the
+  baseline's policy with a KV budget equal to the peak that problem reached at that ratio, so the
+  comparison is at the same peak memory, sequence by sequence.
+- **fixed budget** (:meth:`Evaluator.run_fixed_budget`): every method gets the same budget ``B``
+  entries, prompt included, for each ``B`` of a sweep: the test-time-scaling comparison, where
+  a compressed model can afford a longer chain of reasoning within the same memory.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class EvalRow:
     n: int
     #: Failed completions by the task's diagnosis (``Task.diagnose``), most frequent first.
     failures: dict[str, int] = field(default_factory=dict)
+    #: Fixed-budget mode: the budget ``B`` every method of this sweep point had.
+    kv_budget: int | None = None
+    #: How the generations ended: ``stop``, ``length`` or ``budget`` (stopped at ``B``).
+    finish_reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +99,43 @@ class Evaluator:
         bar.close()
         return rows
 
+    def run_fixed_budget(self, problems: Sequence[Problem], budgets: Sequence[int],
+                         ratios: Sequence[int], baselines: Sequence[str]) -> list[EvalRow]:
+        """For each budget ``B``: the teacher, each ratio, then each baseline, all under ``B``.
+
+        ``teacher`` is the baseline model uncompressed, stopped where its cache holds ``B``
+        entries (the engine's ``kv_budget``): an answer not reached by then is wrong. ``c=k`` is
+        the model at ratio ``k`` under the same stop; its cache grows about ``1/k`` as fast, so
+        it reaches further. A baseline runs the baseline model with cache size ``B``: policy
+        budget ``B - 1``, because the engine measures a cache right after each forward, newest
+        entry included, so its peak is ``B`` like every other method's. ``max_tokens`` still
+        caps every generation (the baselines never run out of room, so it is their only stop).
+        """
+        prompts = [chat_prompt_ids(self.engine, p) for p in problems]
+        longest = max(len(p) for p in prompts)
+        if min(budgets) <= longest:
+            raise ValueError(f"every KV budget must exceed the longest prompt ({longest} entries); "
+                             f"got {min(budgets)}")
+        total = len(budgets) * (1 + len(ratios) + len(baselines)) * len(problems)
+        bar = tqdm(total=total, desc="eval", unit="seq", disable=not self.progress)
+        rows: list[EvalRow] = []
+        for budget in budgets:
+            stop = {"kv_budget": budget}
+            runs = [("teacher", None, None, self.baseline_engine, lambda i, stop=stop: stop)]
+            runs += [(f"c={ratio}", ratio, None, self.engine,
+                      lambda i, ratio=ratio, stop=stop: {"ratio": ratio, **stop}) for ratio in ratios]
+            runs += [(name, None, float(budget), self.baseline_engine,
+                      lambda i, b=budget, name=name: {"policy": make_policy(name, b - 1)})
+                     for name in baselines]
+            for setting, ratio, cache_size, engine, options in runs:
+                row = self._row(setting, ratio, cache_size, problems,
+                                self._decode(engine, prompts, bar, options))
+                assert row.max_peak_kv_entries <= budget, (setting, row.max_peak_kv_entries)
+                row.kv_budget = budget
+                rows.append(row)
+        bar.close()
+        return rows
+
     def _decode(self, engine: ReferenceEngine, prompts: list[list[int]], bar: tqdm,
                 options) -> list[GenerationResult]:
         results: list[GenerationResult] = []
@@ -121,4 +167,5 @@ class Evaluator:
             max_peak_kv_entries=max(r.peak_kv_entries for r in results),
             n=n,
             failures=dict(verdicts.most_common()),
+            finish_reasons=dict(Counter(r.finish_reason for r in results).most_common()),
         )
