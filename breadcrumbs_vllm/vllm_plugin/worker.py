@@ -21,62 +21,26 @@ import numpy as np
 import torch
 
 from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
+from breadcrumbs_vllm.vllm_plugin.kv_layout import KVCompactor
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
 
-class KVCompactor:
-    """Moves one token's K/V between physical slots in every layer's paged cache.
+class RunnerCompression:
+    """The Breadcrumbs state of one model runner: request lookups and the three step hooks.
 
-    vLLM's CPU attention keeps per layer ``[num_blocks, kv_heads, block_size, 2 * head_size]``, but
-    inside a block the kernel packs K and V in an ISA-specific order, so a token is not one row.
-    Rather than hard-code that packing, the compactor asks the kernel: it writes probe tokens with
-    ``cpu_attn_reshape_and_cache`` (the op attention itself uses) and records which elements of a
-    block-head tile hold each dimension of each in-block offset. Other backends are refused.
+    The hooks are patched into ``GPUModelRunner`` for every model, but a runner only runs them
+    while they can matter: the first call puts vLLM's own methods in the runner's ``__dict__``
+    (:class:`StockPath`), for all three hooks on models without beacons and for the two
+    per-step hooks of a beacon model until a compressed request arrives (and again after the
+    last one finishes). A beacon model serving uncompressed requests therefore runs the stock
+    runner except for one check of the step's new and finished requests, and while compressed
+    requests are live every hook's Python work is per compressed request, not per batch row.
     """
 
-    def __init__(self, kv_caches: list[torch.Tensor], block_size: int, isa: str) -> None:
-        head_size = None
-        for kv in kv_caches:
-            if kv.dim() != 4 or kv.shape[2] != block_size or kv.shape[3] % 2:
-                raise NotImplementedError(
-                    f"breadcrumbs: KV cache layout {tuple(kv.shape)} is not the CPU attention "
-                    f"layout [num_blocks, kv_heads, {block_size}, 2*head_size]")
-            head_size = kv.shape[3] // 2
-        self.tiles = [kv.view(kv.shape[0], kv.shape[1], -1) for kv in kv_caches]
-        self.block_size = block_size
-        self.token_elements = self._probe(block_size, head_size, kv_caches[0].dtype, isa)
-
-    @staticmethod
-    def _probe(block_size: int, head_size: int, dtype: torch.dtype, isa: str) -> torch.Tensor:
-        """``[block_size, 2 * head_size]``: tile elements holding K then V of each offset."""
-        from vllm import _custom_ops as ops
-
-        cache = torch.zeros(1, 1, 2 * block_size, head_size, dtype=dtype)
-        key_cache, value_cache = cache.chunk(2, dim=2)
-        codes = torch.arange(1, 2 * head_size + 1, dtype=dtype)
-        elements = torch.empty(block_size, 2 * head_size, dtype=torch.long)
-        for offset in range(block_size):
-            cache.zero_()
-            ops.cpu_attn_reshape_and_cache(
-                codes[None, None, :head_size], codes[None, None, head_size:], key_cache,
-                value_cache, torch.tensor([offset]), isa)
-            flat = cache.flatten()
-            for code in range(2 * head_size):
-                (where,) = torch.nonzero(flat == code + 1, as_tuple=True)
-                assert where.numel() == 1, "probe token not found exactly once"
-                elements[offset, code] = where[0]
-        return elements
-
-    def move(self, block_row: np.ndarray, src: int, dst: int) -> None:
-        sb, so = int(block_row[src // self.block_size]), src % self.block_size
-        db, do = int(block_row[dst // self.block_size]), dst % self.block_size
-        src_el, dst_el = self.token_elements[so], self.token_elements[do]
-        for tile in self.tiles:
-            tile[db][:, dst_el] = tile[sb][:, src_el]
-
-
-class RunnerCompression:
-    """The Breadcrumbs state of one model runner: request lookups and the three step hooks."""
+    #: The hooks that only act on compressed requests (the first, ``_update_states``, is where
+    #: the runner learns that one arrived, so a beacon model always runs it).
+    LIVE_HOOKS = ("_prepare_inputs", "_bookkeeping_sync")
+    ALL_HOOKS = ("_update_states", *LIVE_HOOKS)
 
     def __init__(self, runner: Any, beacon_model: BeaconModel) -> None:
         self.runner = runner
@@ -84,6 +48,7 @@ class RunnerCompression:
         #: The compressed requests the runner knows, registered when they arrive.
         self._requests: dict[str, RequestCompression] = {}
         self._compactor: KVCompactor | None = None
+        self._stock_path = StockPath(runner, self.LIVE_HOOKS)
 
     @classmethod
     def of(cls, runner: Any) -> RunnerCompression | None:
@@ -93,32 +58,31 @@ class RunnerCompression:
             model = BeaconModel.from_model_config(runner.model_config)
             state = cls(runner, model) if model is not None else None
             runner.__dict__["_breadcrumbs"] = state
+            StockPath(runner, cls.ALL_HOOKS if state is None else cls.LIVE_HOOKS).take()
         return state
 
-    def compression(self, req_id: str) -> RequestCompression | None:
-        return self._requests.get(req_id)
-
     def _track_requests(self, scheduler_output: Any) -> None:
-        """Register new compressed requests and forget finished ones (from the step's output)."""
-        for req_id in scheduler_output.finished_req_ids:
-            self._requests.pop(req_id, None)
+        """Register new compressed requests and forget finished ones (from the step's output);
+        take the stock path while none is left."""
+        was_live = bool(self._requests)
+        if was_live:
+            for req_id in scheduler_output.finished_req_ids:
+                self._requests.pop(req_id, None)
         for new in scheduler_output.scheduled_new_reqs:
             comp = self.beacon_model.compression(len(new.prompt_token_ids), new.sampling_params)
             if comp is not None:
                 self._requests[new.req_id] = comp
+        if self._requests and not was_live:
+            self._stock_path.leave()
+        elif was_live and not self._requests:
+            self._stock_path.take()
 
     def _batch(self):
-        """(batch index, request id, compression) of the compressed requests in the batch.
-
-        Empty at once when no compressed request is live, so a beacon model serving only
-        uncompressed requests pays nothing per request in the hooks.
-        """
-        if not self._requests:
-            return
-        batch = self.runner.input_batch
-        for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
-            comp = self.compression(req_id)
-            if comp is not None:
+        """(batch index, request id, compression) of the compressed requests in the batch."""
+        index = self.runner.input_batch.req_id_to_index
+        for req_id, comp in self._requests.items():
+            i = index.get(req_id)
+            if i is not None:
                 yield i, req_id, comp
 
     @property
@@ -136,12 +100,11 @@ class RunnerCompression:
         if not self._requests:
             return
         cached = scheduler_output.scheduled_cached_reqs
+        position = dict(zip(cached.req_ids, range(len(cached.req_ids))))  # built in C
         block_size = self._block_table.block_size
-        for i, req_id in enumerate(cached.req_ids):
-            if req_id in cached.resumed_req_ids or req_id not in self.runner.requests:
-                continue
-            comp = self.compression(req_id)
-            if comp is None:
+        for req_id, comp in self._requests.items():
+            i = position.get(req_id)
+            if i is None or req_id in cached.resumed_req_ids or req_id not in self.runner.requests:
                 continue
             new_ids = cached.new_block_ids[i]
             num_new = len(new_ids[0]) if new_ids is not None else 0
@@ -217,15 +180,6 @@ class RunnerCompression:
             num_reqs, runner.query_start_loc.gpu[: num_reqs + 1], physical)
         runner.discard_request_mask.copy_to_gpu(num_reqs)
 
-    def _isa(self) -> str:
-        """The CPU attention kernel variant, as vLLM set it on the attention layers."""
-        from vllm.model_executor.layers.attention.attention import Attention
-
-        for layer in self.runner.compilation_config.static_forward_context.values():
-            if isinstance(layer, Attention) and hasattr(layer, "isa"):
-                return layer.isa
-        raise NotImplementedError("breadcrumbs: KV compaction supports vLLM's CPU attention only")
-
     # --- hook 3: after the forward pass (start of _bookkeeping_sync) --------------------------
     def compact(self, scheduler_output: Any) -> None:
         """After a beacon's forward: evict its window by moving the beacon to its home slot.
@@ -240,8 +194,31 @@ class RunnerCompression:
             if not comp.schedule.is_beacon(last):
                 continue
             if self._compactor is None:
-                self._compactor = KVCompactor(self.runner.kv_caches,
-                                              self._block_table.block_size, self._isa())
+                self._compactor = KVCompactor.of(self.runner)
             self._compactor.move(self._block_table.block_table.np[i],
                                  comp.schedule.physical_index(last),
                                  comp.schedule.beacon_home(last))
+
+
+class StockPath:
+    """Routes some of a runner's patched methods straight to vLLM's own code, or back.
+
+    :meth:`take` puts each patched method's original (the ``__wrapped__`` that the patch's
+    ``functools.wraps`` records) bound to the runner in its ``__dict__``, which instance lookup
+    prefers to the class's wrapper; :meth:`leave` removes them. Methods that are not patched
+    are left alone.
+    """
+
+    def __init__(self, runner: Any, names: tuple[str, ...]) -> None:
+        self.runner = runner
+        self.originals = {name: getattr(getattr(type(runner), name), "__wrapped__", None)
+                          for name in names}
+
+    def take(self) -> None:
+        for name, original in self.originals.items():
+            if original is not None:
+                self.runner.__dict__[name] = original.__get__(self.runner)
+
+    def leave(self) -> None:
+        for name in self.originals:
+            self.runner.__dict__.pop(name, None)
