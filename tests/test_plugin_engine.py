@@ -34,11 +34,13 @@ POOL = {32: 90, 64: 48}
 class EngineProbe:
     """An in-process engine plus what the tests read from its scheduler at every step."""
 
-    def __init__(self, path: str, block_size: int, eager: bool) -> None:
+    def __init__(self, path: str, block_size: int, eager: bool, **overrides) -> None:
+        """``overrides``: further ``LLM`` arguments (parallelism, a GPU's dtype and modes)."""
         self.block_size = block_size
-        self.llm = LLM(model=str(path), dtype="float32", block_size=block_size,
-                       num_gpu_blocks_override=POOL[block_size], max_model_len=2048,
-                       enable_prefix_caching=True, seed=0, enforce_eager=eager)
+        defaults = {"model": str(path), "dtype": "float32", "block_size": block_size,
+                    "num_gpu_blocks_override": POOL[block_size], "max_model_len": 2048,
+                    "enable_prefix_caching": True, "seed": 0, "enforce_eager": eager}
+        self.llm = LLM(**{**defaults, **overrides})
         self.scheduler = self.llm.llm_engine.engine_core.engine_core.scheduler
         self.pool = self.scheduler.kv_cache_manager.block_pool
         self.preemptions = 0
