@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from breadcrumbs_vllm.cli.data_args import add_data_arguments, data_spec
 from breadcrumbs_vllm.cli.init_model import parse_ratio_list
 
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "run on the teacher with cache size B; adds AUAC per method")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
+    add_data_arguments(p, "your own data instead of a task: --n rows of it, shuffled by --seed")
     p.set_defaults(func=run)
 
 
@@ -60,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from breadcrumbs_vllm.tasks import get_task, parse_task_options
 
     bc = read_breadcrumbs_config(args.model)
-    if not (args.task or bc.task):
-        raise ValueError("--task is required: the model's config names no task")
-    same_task = args.task in (None, bc.task)
-    options = {**(bc.task_options if same_task else {}), **parse_task_options(args.task_option)}
-    task = get_task(args.task or bc.task, **options)
+    if args.data is not None:
+        task, options = data_task(args), {}
+    else:
+        if not (args.task or bc.task):
+            raise ValueError("--task is required: the model's config names no task")
+        same_task = args.task in (None, bc.task)
+        options = {**(bc.task_options if same_task else {}),
+                   **parse_task_options(args.task_option)}
+        task = get_task(args.task or bc.task, **options)
     ratios = parse_ratio_list(args.ratios)
     for ratio in ratios:
         bc.check_ratio(ratio)
@@ -118,6 +124,18 @@ def run(args: argparse.Namespace) -> int:
         report.plot_frontier(rows, plot, title)
     print(f"wrote {out} and {plot}")
     return 0
+
+
+def data_task(args: argparse.Namespace):
+    """``--data`` rows as the task; ``--n`` is capped at the rows there are."""
+    from breadcrumbs_vllm.data import DataTask
+
+    if args.held_out_from or args.task:
+        raise ValueError("--data replaces --task and --held-out-from (hold rows out of the "
+                         "training file instead)")
+    task = DataTask(data_spec(args))
+    args.n = min(args.n, len(task.rows))
+    return task
 
 
 def default_baseline_model(model: Path, teacher: str | None) -> str:
