@@ -1,8 +1,15 @@
-"""The app factory: settings in, a FastAPI app with its engine backend out.
+"""The app factory: settings in, the gateway's ASGI app out.
 
-The engine starts in the lifespan (so ``/health`` answers while it loads and ``/ready`` flips
-once it is up) and stops with the app. Tests and ``breadcrumbs serve`` both go through
-``create_app``; a test may inject its own backend.
+The gateway is a thin layer in front of vLLM's own OpenAI serving app (embedded) or of one vLLM
+server (remote)::
+
+    RequestCounter -> BodySizeLimit -> KeyGuard -> CompressionLayer -> ErrorEnvelope
+        -> /health, /ready, /metrics
+        -> the backend's OpenAI app
+
+The backend starts in the lifespan and stops with the app; until it is up, every route but the
+operational ones answers 503. Tests and ``breadcrumbs serve`` both go through ``create_app``; a
+test may inject its own backend.
 """
 
 from __future__ import annotations
@@ -10,34 +17,48 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
-from breadcrumbs_vllm.tokenizer import load_tokenizer
 from server.compression import RatioPolicy
-from server.dependencies import BodySizeLimit, RateLimiter, RequestCounter
+from server.dependencies import PUBLIC_PATHS, BodySizeLimit, KeyGuard, RateLimiter, RequestCounter
 from server.engines.base import EngineBackend
-from server.errors import install_error_handlers
-from server.routers import openai, ops
-from server.service import GenerationService
+from server.errors import APIError, ErrorEnvelope, error_response, install_error_handlers
+from server.layer import ROUTES, CompressionLayer
+from server.routers import ops
 from server.settings import Settings
 
 
-def make_backend(settings: Settings) -> EngineBackend:
-    """Remote when backend URLs are configured, embedded otherwise."""
-    if settings.backends:
+def make_backend(settings: Settings, policy: RatioPolicy) -> EngineBackend:
+    """Remote when an upstream URL is configured, embedded otherwise."""
+    if settings.upstream:
         from server.engines.remote import RemoteBackend
 
-        return RemoteBackend(settings)
+        return RemoteBackend(settings, policy)
     from server.engines.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(settings)
+    return EmbeddedBackend(settings, policy)
+
+
+class _Backend:
+    """The backend's OpenAI app, or a 503 while it is not up."""
+
+    def __init__(self, backend: EngineBackend) -> None:
+        self.backend = backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.backend.app
+        if app is None:
+            await error_response(APIError(503, "engine not ready"))(
+                scope, receive, send)
+            return
+        await app(scope, receive, send)
 
 
 def create_app(settings: Settings, backend: EngineBackend | None = None) -> FastAPI:
     config = read_breadcrumbs_config(settings.model)  # fails fast on a bad model path
-    backend = backend or make_backend(settings)
-    service = GenerationService(settings, backend, load_tokenizer(settings.model),
-                                RatioPolicy(config, settings.kv_target))
+    policy = RatioPolicy(config, settings.kv_target)
+    backend = backend or make_backend(settings, policy)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -47,16 +68,20 @@ def create_app(settings: Settings, backend: EngineBackend | None = None) -> Fast
         finally:
             await backend.stop()
 
-    app = FastAPI(title="breadcrumbs gateway", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible serving of Breadcrumbs beacon models with a "
-                              "per-request `compression_ratio`.")
+    # The OpenAPI schema and docs are vLLM's (they describe the routes that serve requests).
+    app = FastAPI(title="breadcrumbs gateway", lifespan=lifespan, openapi_url=None,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.service = service
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.backend = backend
+    app.state.policy = policy
     install_error_handlers(app)
-    app.include_router(openai.router)
     app.include_router(ops.router)
+    app.mount("/", _Backend(backend))
 
+    app.add_middleware(ErrorEnvelope)
+    app.add_middleware(CompressionLayer, settings=settings, policy=policy, backend=backend)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.add_middleware(KeyGuard, keys=settings.api_keys)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestCounter)  # outermost: counts 413s too
+    app.add_middleware(RequestCounter, routes=frozenset({*ROUTES, *PUBLIC_PATHS, "/v1/models"}))
     return app

@@ -8,23 +8,25 @@ projected peak keeps ``u + peak / pool <= target``. When nothing fits, take the 
 smallest projected peak (for short requests a huge ratio can peak higher than a middling one,
 because a whole window is held before its beacon). So an idle server answers uncompressed and
 compression rises with load: a busy server degrades memory before it queues. When the pool size
-is unknown (a remote engine that does not publish it), the projection is the current usage
-alone: ``u <= target`` means no compression, otherwise the smallest-peak ratio.
+is unknown, the projection is the current usage alone: ``u <= target`` means no compression,
+otherwise the smallest-peak ratio.
 
 Usage accounting follows ``BeaconSchedule`` exactly (the plugin is tested against the same
 rules): the token that ends a generation is sampled but never fed, so ``n`` generated tokens
-mean ``n - 1`` fed ones.
+mean ``n - 1`` fed ones. A :class:`RequestAccount` collects, per engine request, the prompt
+length, the ratio it ran at and each choice's generated tokens; whoever sees the engine's
+outputs fills it (the embedded engine client, or the gateway reading a remote answer).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
 from server.errors import APIError
-from server.schemas import BreadcrumbsUsage
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,12 @@ class KVState:
     capacity_tokens: int | None  # pool size in tokens, when known
 
 
+#: What a request may send as ``compression_ratio``: a ratio, ``None`` (no compression) or auto.
+Requested = int | str | None
+
+
 class RatioPolicy:
-    """Validates explicit ratios against the model and resolves ``"auto"``."""
+    """Validates requested ratios against the model and resolves ``"auto"``."""
 
     def __init__(self, config: BreadcrumbsConfig, kv_target: float) -> None:
         self.config = config
@@ -46,17 +52,22 @@ class RatioPolicy:
     def ratios(self) -> list[int]:
         return sorted(self.config.ratios)
 
-    def check(self, requested: int | str | None) -> int | str | None:
-        """400 for a ratio the model does not support, naming the supported set."""
+    def check(self, requested: object) -> Requested:
+        """The request's ratio, normalised (``"none"``/``0`` mean none); 400 for anything else
+        than a ratio the model supports, ``None`` or ``"auto"``, naming the supported set."""
+        if isinstance(requested, str) and requested.strip().lower() in ("none", "null", "off"):
+            return None
         if requested == "auto" or requested is None:
             return requested
+        if isinstance(requested, bool) or not isinstance(requested, int):
+            raise APIError(400, f"compression_ratio must be an integer, null or \"auto\", not "
+                                f"{requested!r}", param="compression_ratio")
         try:
             return self.config.check_ratio(requested or None)  # 0 means none (spec)
         except ValueError as exc:
-            raise APIError(400, str(exc), param="compression_ratio",
-                           code="unsupported_compression_ratio") from None
+            raise APIError(400, str(exc), param="compression_ratio") from None
 
-    def resolve(self, requested: int | str | None, kv: KVState, prompt_len: int,
+    def resolve(self, requested: Requested, kv: KVState, prompt_len: int,
                 max_tokens: int, n: int) -> int | None:
         ratio = self.check(requested)
         if ratio != "auto":
@@ -93,10 +104,50 @@ def choice_savings(prompt_len: int, ratio: int | None, generated: int,
     )
 
 
-def usage_breadcrumbs(ratio: int | None, savings: list[ChoiceSavings]) -> BreadcrumbsUsage:
-    return BreadcrumbsUsage(
-        ratio=ratio,
-        beacons_inserted=sum(s.beacons for s in savings),
-        peak_kv_entries=sum(s.peak_entries for s in savings),
-        kv_entries_saved=sum(s.entries_saved for s in savings),
-    )
+@dataclass
+class Generation:
+    """One engine request: its prompt length, the ratio it ran at, tokens per choice index."""
+
+    prompt_len: int
+    ratio: int | None
+    tokens: dict[int, int] = field(default_factory=dict)
+
+    def add(self, index: int, num_tokens: int) -> None:
+        self.tokens[index] = self.tokens.get(index, 0) + num_tokens
+
+    def savings(self, block_size: int) -> list[ChoiceSavings]:
+        return [choice_savings(self.prompt_len, self.ratio, n, block_size)
+                for n in self.tokens.values()]
+
+
+@dataclass
+class RequestAccount:
+    """What one HTTP request's generations did to the KV cache (an HTTP request may fan out to
+    several engine requests: a list of prompts). ``route`` labels the gateway's metrics."""
+
+    route: str
+    requested: Requested
+    generations: list[Generation] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> int | None:
+        """The ratio the engine ran at (``"auto"`` resolved), once a generation started."""
+        if self.generations:
+            return self.generations[0].ratio
+        return None if self.requested == "auto" else self.requested  # type: ignore[return-value]
+
+    def usage_breadcrumbs(self, block_size: int) -> dict[str, int | None]:
+        """The ``usage.breadcrumbs`` object, summed over every choice of every generation."""
+        savings = [s for g in self.generations for s in g.savings(block_size)]
+        return {
+            "ratio": self.ratio,
+            "beacons_inserted": sum(s.beacons for s in savings),
+            "peak_kv_entries": sum(s.peak_entries for s in savings),
+            "kv_entries_saved": sum(s.entries_saved for s in savings),
+        }
+
+
+#: The account of the HTTP request being served. The gateway sets it before handing the request
+#: to vLLM's serving layer, whose ``engine_client.generate`` call runs in the same context.
+CURRENT_ACCOUNT: ContextVar[RequestAccount | None] = ContextVar("breadcrumbs_account",
+                                                                default=None)

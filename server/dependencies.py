@@ -1,8 +1,9 @@
-"""Request guards as FastAPI dependencies and one ASGI middleware (body size).
+"""Request guards, as pure ASGI middleware around every route the gateway serves.
 
 Order matters for safety: the body cap runs before anything parses JSON, authentication before
 the rate limit (so unauthenticated floods cannot use up a real key's budget), and both before
-any engine work.
+any engine work. Operational routes (``/health``, ``/ready``, ``/metrics``) stay open so
+orchestrators and Prometheus can reach them; they expose no request content.
 """
 
 from __future__ import annotations
@@ -10,31 +11,13 @@ from __future__ import annotations
 import hmac
 import time
 from collections import deque
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.errors import APIError, error_response
 
-_bearer = HTTPBearer(auto_error=False, description="API key, when the gateway has keys")
-
-
-def api_key(request: Request,
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-            ) -> str | None:
-    """The caller's key (None when no keys are configured); 401 when keys are configured and
-    the request has none or a wrong one."""
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return None
-    given = credentials.credentials if credentials else ""
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    return given
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class RateLimiter:
@@ -53,16 +36,44 @@ class RateLimiter:
             window.popleft()
         if len(window) >= self.per_minute:
             retry = max(1, int(60.0 - (now - window[0])) + 1)
-            raise APIError(429, f"rate limit of {self.per_minute} requests per minute exceeded",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(retry)})
+            raise APIError(429, f"rate limit of {self.per_minute} requests per minute exceeded", headers={"Retry-After": str(retry)})
         window.append(now)
         for stale in [k for k, v in self.calls.items() if v and now - v[-1] >= 60.0]:
             del self.calls[stale]
 
 
-def rate_limited(request: Request, key: Annotated[str | None, Depends(api_key)]) -> None:
-    caller = f"key:{key}" if key else f"ip:{request.client.host if request.client else '-'}"
-    request.app.state.rate_limiter.hit(caller)
+class KeyGuard:
+    """Bearer keys (when configured) and the per-caller rate limit, on every non-public route.
+
+    The caller is its key, or its client address when the gateway has no keys. The limiter is
+    the app's ``state.rate_limiter``, so an operator (or a test) can swap it at run time.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope["app"].state.rate_limiter.hit(self._caller(scope))
+        except APIError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _caller(self, scope: Scope) -> str:
+        if not self.keys:
+            client = scope.get("client")
+            return f"ip:{client[0] if client else '-'}"
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not any(hmac.compare_digest(given, k)
+                                                  for k in self.keys):
+            raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')", headers={"WWW-Authenticate": "Bearer"})
+        return f"key:{given.decode(errors='replace')}"
 
 
 class BodySizeLimit:
@@ -77,8 +88,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = APIError(413, f"request body exceeds {self.max_bytes} bytes",
-                           code="request_too_large")
+        too_big = APIError(413, f"request body exceeds {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await error_response(too_big)(scope, receive, send)
@@ -104,12 +114,14 @@ class BodySizeLimit:
 
 
 class RequestCounter:
-    """One ``requests`` sample per answered request, labelled by route template, status and the
-    ratio the service resolved (``-`` when the request never got that far). Pure ASGI, so it
-    does not buffer streams or hide client disconnects from the endpoint."""
+    """One ``requests`` sample per answered request, labelled by route, status and the ratio
+    the request ran at (``-`` when it never got that far). Routes are the generation routes and
+    the gateway's own; anything else is ``other``, so labels stay a bounded set. Pure ASGI, so
+    it does not buffer streams or hide client disconnects from the endpoint."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
         self.app = app
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,9 +135,8 @@ class RequestCounter:
             await send(message)
 
         scope.setdefault("state", {})["ratio"] = "-"
+        path = scope["path"] if scope["path"] in self.routes else "other"
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            metrics.REQUESTS.labels(route.path if route else "unmatched", str(status["code"]),
-                                    scope["state"]["ratio"]).inc()
+            metrics.REQUESTS.labels(path, str(status["code"]), scope["state"]["ratio"]).inc()

@@ -1,83 +1,105 @@
-"""OpenAI-style error objects for every failure, so clients never see FastAPI's own formats.
+"""OpenAI-style error objects for every failure the gateway itself answers.
 
-OpenAI clients parse ``{"error": {"message", "type", "param", "code"}}``; FastAPI's defaults
-(``{"detail": ...}``) would surface as unreadable errors in them. Handlers here cover our own
-``APIError``, Starlette's HTTP errors (404/405), request validation (422) and, as a last resort,
-anything unexpected (500, logged without request content).
+OpenAI clients parse ``{"error": {"message", "type", "param", "code"}}``. vLLM's serving layer
+answers most of its errors in that envelope; the gateway's guards and layer answer theirs with
+:func:`error_response` (an ASGI app, so pure-ASGI middleware can send it), and
+:class:`ErrorEnvelope` rewrites the few of vLLM's that FastAPI writes as ``{"detail": ...}``
+(unknown routes, bodies that are not JSON).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("server")
 
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-    405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-    429: "rate_limit_error", 503: "service_unavailable",
+    413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
 }
 
 
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    """The error envelope OpenAI clients expect."""
-
-    error: ErrorBody
-
-
 class APIError(Exception):
-    """Raised anywhere in request handling; rendered as an OpenAI error object."""
+    """Raised anywhere in the gateway's request handling; rendered as an OpenAI error object."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(message=message, type=_TYPES.get(status, "api_error"),
-                              param=param, code=code)
+        self.body = error_body(status, message, param)
         self.headers = headers
 
 
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """The error object as vLLM's serving layer writes it (its ``code`` is the HTTP status), so
+    the gateway's errors and vLLM's look alike and match vLLM's OpenAPI schema."""
+    return {"message": message, "type": _TYPES.get(status, "api_error"), "param": param,
+            "code": status}
+
+
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=exc.body).model_dump(), status_code=exc.status,
-                        headers=exc.headers)
+    return JSONResponse({"error": exc.body}, status_code=exc.status, headers=exc.headers)
 
 
-def _loc_param(loc: tuple) -> str | None:
-    """``("body", "messages", 0, "role")`` -> ``"messages.0.role"``."""
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
-    return ".".join(parts) or None
+class ErrorEnvelope:
+    """Pure ASGI: a 4xx/5xx JSON answer without an ``error`` object gets one, same status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        body = b""
+
+        async def rewrite(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start":
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and ctype.startswith(b"application/json"):
+                    start = message
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body += message.get("body", b"")
+                if message.get("more_body", False):
+                    return
+                await self._send(start, body, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+    @staticmethod
+    async def _send(start: Message, body: bytes, send: Send) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not (isinstance(answer, dict) and isinstance(answer.get("error"), dict)):
+            detail = answer.get("detail") if isinstance(answer, dict) else None
+            message = detail if isinstance(detail, str) else json.dumps(detail or answer)
+            body = json.dumps({"error": error_body(start["status"], message)}).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """The gateway's own routes: ``APIError`` as itself, anything unexpected as a logged 500
+    (without request content)."""
+
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(APIError(exc.status_code, str(exc.detail), headers=exc.headers))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = _loc_param(tuple(first.get("loc", ())))
-        message = f"{param}: {first['msg']}" if param else str(first["msg"])
-        return error_response(APIError(422, message, param=param, code="invalid_value"))
-
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected %s while serving a request", type(exc).__name__, exc_info=exc)
-        return error_response(APIError(500, "internal error", code="internal_error"))
+        return error_response(APIError(500, "internal error"))

@@ -24,15 +24,20 @@ class Settings(BaseSettings):
     port: int = 8000
 
     # Engine.
-    backends: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="vLLM OpenAI server URLs (remote mode); empty = embedded")
-    kv_cache_gib: float | None = Field(None, description="KV pool size (embedded); None = vLLM default")
+    upstream: str | None = Field(
+        None, description="a vLLM OpenAI server (or a router in front of several) to forward to "
+        "(remote mode); unset = embedded")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV pool size (embedded); unset = on CPU a quarter of the memory "
+        "free on the engine's NUMA node (at most 4 GiB), on GPUs vLLM's default")
+    vllm_args: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra `vllm serve` flags for the embedded engine")
     block_size: int = Field(32, description="KV block size in tokens (CPU attention: multiple of 32)")
     max_model_len: int = 4096
     compile: bool | None = Field(
         None, description="torch.compile the model (embedded); None = only on GPUs. On a 2-core "
         "CPU compiling adds ~60-70 s to a cold start and decodes ~1.1-1.8x faster (bench_startup.py)")
-    health_interval_s: float = Field(5.0, gt=0, description="remote backend health/metrics poll")
+    health_interval_s: float = Field(5.0, gt=0, description="remote upstream health/metrics poll")
     upstream_timeout_s: float = Field(600.0, gt=0)
 
     # Compression policy.
@@ -49,12 +54,22 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0, description="per API key (or client IP); 0 = off")
     log_content: bool = Field(False, description="log prompts and completions (off: never logged)")
 
-    @field_validator("backends", "api_keys", mode="before")
+    @field_validator("api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Env vars and flags give comma-separated strings; Python callers give lists."""
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("vllm_args", mode="before")
+    @classmethod
+    def _split_words(cls, value: object) -> object:
+        """``BREADCRUMBS_VLLM_ARGS="--tool-call-parser hermes ..."``: split like a shell."""
+        if isinstance(value, str):
+            import shlex
+
+            return shlex.split(value)
         return value
 
     @property

@@ -78,7 +78,7 @@ def test_helm_templates_only_use_defined_values():
     assert yaml.safe_load((chart / "Chart.yaml").read_text())["name"] == "breadcrumbs"
     used = {m for t in (chart / "templates").glob("*.yaml")
             for m in re.findall(r"\.Values\.([\w.]+)", t.read_text())}
-    assert {"image.repository", "backends", "apiKeysSecret"} <= used
+    assert {"image.repository", "upstream", "apiKeysSecret"} <= used
     for path in used:
         node = values
         for key in path.split("."):

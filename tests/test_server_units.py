@@ -82,72 +82,108 @@ def test_parse_upstream_metrics():
 
 
 class FakeVLLM:
-    """Two vLLM servers: per-URL KV usage and health, and a record of forwarded bodies."""
+    """One vLLM server: KV usage, health, ``/tokenize``, and a record of forwarded bodies."""
 
     def __init__(self) -> None:
-        self.usage = {"a": 0.6, "b": 0.1}
-        self.healthy = {"a": True, "b": True}
+        self.usage = 0.1
+        self.healthy = True
         self.bodies: list[tuple[str, dict]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
         path = request.url.path
         if path == "/health":
-            return httpx.Response(200 if self.healthy[host] else 503)
+            return httpx.Response(200 if self.healthy else 503)
         if path == "/metrics":
-            return httpx.Response(200, text=f"vllm:kv_cache_usage_perc{{engine=\"0\"}} "
-                                            f"{self.usage[host]}\n")
-        if path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "upstream-model"}]})
+            return httpx.Response(200, text=(
+                f'vllm:kv_cache_usage_perc{{engine="0"}} {self.usage}\n'
+                'vllm:cache_config_info{block_size="32",num_gpu_blocks="10"} 1.0\n'))
         body = json.loads(request.content)
-        self.bodies.append((host, body))
-        chunks = [{"choices": [{"index": 0, "text": t, "token_ids": [7],
-                                "finish_reason": f}]} for t, f in
-                  (("he", None), ("ll", None), ("o", "length"))]
-        sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+        self.bodies.append((path, body))
+        if path == "/tokenize":
+            return httpx.Response(200, json={"count": 10, "tokens": list(range(10))})
+        if body.get("stream"):
+            chunks = [{"choices": [{"index": 0, "text": t, "finish_reason": f}]}
+                      for t, f in (("he", None), ("ll", None), ("o", "length"))]
+            chunks.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3,
+                                                     "total_tokens": 8}})
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={
+            "choices": [{"index": 0, "text": "hello", "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}})
 
 
-def test_remote_routes_to_least_loaded_healthy_backend(checkpoint):
+def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint):
     from vllm.entrypoints.openai.completion.protocol import (
         CompletionRequest as VLLMCompletionRequest,
     )
 
     fake = FakeVLLM()
-    settings = Settings(model=checkpoint, served_model_name="tiny",
-                        backends="http://a:8000,http://b:8000", health_interval_s=3600)
-    backend = RemoteBackend(settings, transport=httpx.MockTransport(fake))
+    settings = Settings(model=checkpoint, served_model_name="tiny", upstream="http://a:8000",
+                        health_interval_s=3600)
+    policy = RatioPolicy(read_breadcrumbs_config(checkpoint), settings.kv_target)
+    backend = RemoteBackend(settings, policy, transport=httpx.MockTransport(fake))
     with TestClient(create_app(settings, backend=backend)) as client:
         assert client.get("/ready").status_code == 200
-        body = {"model": "tiny", "prompt": "hi", "max_tokens": 3, "compression_ratio": 8}
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 9, "compression_ratio": 8,
+                "logprobs": 2, "some_vllm_field": True}
         resp = client.post("/v1/completions", json=body)
         assert resp.status_code == 200, resp.text
-        assert resp.json()["choices"][0]["text"] == "hello"
-        assert resp.json()["usage"]["completion_tokens"] == 3
-        assert resp.json()["usage"]["breadcrumbs"]["ratio"] == 8
-        host, sent = fake.bodies[-1]
-        assert host == "b" and sent["vllm_xargs"] == {"compression_ratio": 8}
-        assert sent["model"] == "upstream-model" and sent["prompt"] == [
-            int(t) for t in sent["prompt"]]
-        # Whatever the gateway resolved (a ratio or none), vLLM's own request schema accepts the
-        # body and the plugin on the upstream resolves the same ratio from it.
+        assert resp.json()["usage"]["breadcrumbs"] == {
+            "ratio": 8, "beacons_inserted": 1, "peak_kv_entries": 14, "kv_entries_saved": 7}
+        path, sent = fake.bodies[-1]
+        assert path == "/v1/completions" and sent["vllm_xargs"] == {"compression_ratio": 8}
+        assert "compression_ratio" not in sent and sent["logprobs"] == 2 and sent["some_vllm_field"]
+        # Whatever the gateway forwards, vLLM's request schema accepts and the plugin on the
+        # upstream resolves to the same ratio.
         bc = read_breadcrumbs_config(checkpoint)
         for ratio in (8, None):
             client.post("/v1/completions", json={**body, "compression_ratio": ratio})
-            sent = fake.bodies[-1][1]
-            request = VLLMCompletionRequest.model_validate(sent)
+            request = VLLMCompletionRequest.model_validate(fake.bodies[-1][1])
             assert resolve_ratio(request.to_sampling_params(16).extra_args, bc) == ratio
 
-        fake.healthy["b"] = False
-        client.portal.call(backend.poll_once)
-        client.post("/v1/completions", json=body)
-        assert fake.bodies[-1][0] == "a"
+        stream = client.post("/v1/completions", json={**body, "stream": True}).text
+        events = [json.loads(line[6:]) for line in stream.splitlines()
+                  if line.startswith("data: {")]
+        assert "".join(c["text"] for e in events for c in e["choices"]) == "hello"
+        assert events[-1]["usage"]["breadcrumbs"]["ratio"] == 8
 
-        fake.healthy["a"] = False
+        # "auto": the upstream's /tokenize sizes the prompt; its pool is 320 tokens.
+        fake.usage = 0.75  # 0.75 + 19/320 fits no compression: 0.809 > 0.8
+        client.portal.call(backend.poll_once)
+        resp = client.post("/v1/completions", json={**body, "compression_ratio": "auto"})
+        assert fake.bodies[-2][0] == "/tokenize"
+        assert fake.bodies[-1][1]["vllm_xargs"] == {"compression_ratio": 2}
+        assert resp.json()["usage"]["breadcrumbs"]["ratio"] == 2
+
+        fake.healthy = False
         client.portal.call(backend.poll_once)
         assert client.get("/ready").status_code == 503
-        resp = client.post("/v1/completions", json=body)
-        assert resp.status_code == 503 and resp.json()["error"]["code"] == "backend_unavailable"
+
+
+def test_layer_refuses_bad_ratios_and_caps_before_the_engine(checkpoint):
+    fake = FakeVLLM()
+    settings = Settings(model=checkpoint, served_model_name="tiny", upstream="http://a:8000",
+                        health_interval_s=3600, max_n=2, max_tokens_cap=100, api_keys="k1,k2")
+    policy = RatioPolicy(read_breadcrumbs_config(checkpoint), settings.kv_target)
+    backend = RemoteBackend(settings, policy, transport=httpx.MockTransport(fake))
+    auth = {"Authorization": "Bearer k2"}
+    with TestClient(create_app(settings, backend=backend)) as client:
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+        for extra, param in (({"compression_ratio": 3}, "compression_ratio"),
+                             ({"vllm_xargs": {"compression_ratio": "7"}}, "compression_ratio"),
+                             ({"n": 3}, "n"), ({"max_completion_tokens": 101},
+                                                "max_completion_tokens")):
+            resp = client.post("/v1/chat/completions", json={**chat, **extra}, headers=auth)
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == param
+        assert not fake.bodies  # nothing reached the engine
+        assert client.post("/v1/chat/completions", json=chat).status_code == 401
+        ok = client.post("/v1/chat/completions", json=chat, headers=auth)
+        assert ok.status_code == 200
+        # No max tokens asked: the gateway's default is applied, under the newer field name.
+        assert fake.bodies[-1][1]["max_completion_tokens"] == 100  # the default, under the cap
+        assert client.get("/metrics").status_code == 200  # ops routes need no key
 
 
 # ---------------------------------------------------------------- breadcrumbs serve

@@ -1,8 +1,12 @@
-"""``breadcrumbs serve``: the gateway on the bundled model (or a given one, or remote engines).
+"""``breadcrumbs serve``: the gateway on the bundled model (or a given one, or a remote engine).
 
-Without ``--model`` it serves the bundled model (``BUNDLED_MODEL_GLOB``); until trained models
-land in ``models/`` it creates a random beacon-capable model once, in a cache folder, and says so.
-Flags override ``BREADCRUMBS_*`` environment variables (see ``server.settings.Settings``).
+Without ``--model`` it serves the bundled model (``BUNDLED_MODEL_GLOB``); with no trained model in
+``models/`` it creates a random beacon-capable model once, in a cache folder, and says so.
+Flags override ``BREADCRUMBS_*`` environment variables (see ``server.settings.Settings``); flags
+after ``--`` go to vLLM's engine and serving layer as they would to ``vllm serve``.
+
+In embedded mode the engine starts before the port opens, so a server that cannot start says so
+in one line (why, and which flag fixes it) and exits with code 2 instead of half coming up.
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--kv-cache-gib", type=float, help="KV pool size in GiB (VLLM_CPU_KVCACHE_SPACE "
-                                                      "on CPU)")
+    p.add_argument("--kv-cache-gib", type=float,
+                   help="KV pool size in GiB (default on CPU: a quarter of the memory free on "
+                        "the engine's NUMA node, at most 4; on GPUs: vLLM's default)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="torch.compile the model (default: on GPUs only; on CPU it adds ~60-70 s "
                         "to a cold start)")
-    p.add_argument("--api-keys", help="comma-separated bearer keys; when set, /v1/* needs one")
-    p.add_argument("--backends", help="comma-separated vLLM server URLs (remote mode)")
+    p.add_argument("--api-keys", help="comma-separated bearer keys; when set, every route but "
+                                      "/health, /ready and /metrics needs one")
+    p.add_argument("--upstream", help="a vLLM server (or router) URL to forward to (remote mode)")
     p.add_argument("--kv-target", type=float, help="KV usage 'auto' keeps under (0-1]")
     p.add_argument("--log-content", action="store_true", help="log prompts and completions")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                   help="after --: flags for vLLM's engine and serving layer (as `vllm serve`)")
     p.set_defaults(func=run)
 
 
@@ -60,18 +68,33 @@ def random_model() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from server import Settings, create_app
+    from server.engines.embedded import EmbeddedBackend
+    from server.memory import PoolTooLarge
 
+    extra = [a for a in args.vllm_args if a != "--"]
     overrides = {k: v for k, v in {
         "host": args.host, "port": args.port, "kv_cache_gib": args.kv_cache_gib,
-        "api_keys": args.api_keys, "backends": args.backends, "kv_target": args.kv_target,
+        "api_keys": args.api_keys, "upstream": args.upstream, "kv_target": args.kv_target,
         "log_content": args.log_content or None, "compile": args.compile,
+        "vllm_args": extra or None,
     }.items() if v is not None}
     model = args.model or os.environ.get("BREADCRUMBS_MODEL") or bundled_model() or random_model()
     settings = Settings(model=Path(model), **overrides)
     app = create_app(settings)
+    backend = app.state.backend
+    if isinstance(backend, EmbeddedBackend):
+        try:
+            backend.start_engine()
+        except PoolTooLarge as exc:
+            raise ValueError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- vLLM's log above has the details
+            raise ValueError(f"the engine did not start ({type(exc).__name__}: {exc}); vLLM's "
+                             f"log above says why. If it ran out of memory, pass a smaller "
+                             f"--kv-cache-gib") from None
+        print(backend.pool.describe(backend.pool_tokens(), settings.block_size), flush=True)
     import uvicorn
 
-    ratios = sorted(app.state.service.policy.ratios)
+    ratios = app.state.policy.ratios
     print(f"serving {settings.model_name} ({settings.model}) at "
           f"http://{settings.host}:{settings.port}/v1  compression ratios: "
           f"{', '.join(map(str, ratios))}, none, auto", flush=True)

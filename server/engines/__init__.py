@@ -1,5 +1,5 @@
-"""Engine backends behind the gateway: vLLM in-process (embedded) or vLLM servers (remote)."""
+"""Engine backends behind the gateway: vLLM in-process (embedded) or one vLLM server (remote)."""
 
-from server.engines.base import Delta, EngineBackend, GenParams
+from server.engines.base import EngineBackend
 
-__all__ = ["Delta", "EngineBackend", "GenParams"]
+__all__ = ["EngineBackend"]

@@ -1,48 +1,29 @@
-"""The one interface the HTTP layer needs from an engine, so chat/completions never see vLLM.
+"""The one interface the gateway needs from an engine: an OpenAI surface to forward to.
 
-A backend turns token ids and sampling parameters into a stream of per-choice text deltas.
-Closing the stream early (a client that went away) must abort the request in the engine and so
-free its KV blocks; both backends do that in the generator's ``finally``.
+A backend starts (and stops) what serves the OpenAI API -- vLLM's own serving layer over an
+in-process ``AsyncLLM`` (embedded), or one vLLM server over HTTP (remote) -- and exposes it as an
+ASGI app. The gateway's own layer (``server/layer.py``) sits in front of that app for every
+backend, so bearer keys, caps, ``compression_ratio`` and ``usage.breadcrumbs`` mean the same in
+both modes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import Any
 
-from server.compression import KVState
+from starlette.types import ASGIApp
 
-
-@dataclass(frozen=True)
-class GenParams:
-    max_tokens: int
-    n: int
-    stop: list[str]
-    temperature: float
-    top_p: float
-    seed: int | None
-    ignore_eos: bool
-    ratio: int | None
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New output of one choice: text, how many tokens it took, and why it ended (if it did)."""
-
-    index: int
-    text: str
-    num_tokens: int
-    finish_reason: str | None
+from server.compression import KVState, Requested
 
 
 class EngineBackend(ABC):
-    """Lifecycle (``start``/``stop``), health, KV state and generation."""
+    """Lifecycle, readiness, KV state and the OpenAI app of one engine."""
 
     name: str
-    # False where a seeded request must not be compressed: vLLM's CPU sampler cannot rewind a
-    # seeded generator when a step's sample is discarded (a beacon step), and the engine dies.
-    seeded_compression: bool = True
+    #: True when the backend fills each request's ``RequestAccount`` as the engine's outputs
+    #: pass through it; otherwise the gateway reads the figures off the answer.
+    fills_account: bool = False
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -57,6 +38,13 @@ class EngineBackend(ABC):
     @abstractmethod
     def kv_state(self) -> KVState: ...
 
+    @property
     @abstractmethod
-    def generate(self, prompt_ids: list[int], params: GenParams,
-                 request_id: str) -> AsyncIterator[Delta]: ...
+    def app(self) -> ASGIApp | None:
+        """The OpenAI-compatible app, once started (``None`` before)."""
+
+    async def resolve_auto(self, route: str, body: dict[str, Any]) -> Requested:
+        """What ``"auto"`` becomes before the request is forwarded. The embedded engine client
+        resolves it itself at admission (it knows the exact prompt length), so by default it
+        travels on unchanged."""
+        return "auto"

@@ -1,23 +1,35 @@
-"""Embedded mode: vLLM's ``AsyncLLM`` in this process, with the breadcrumbs plugin auto-loaded.
+"""Embedded mode: vLLM's own OpenAI serving layer over an in-process ``AsyncLLM``.
 
-The compression ratio travels as ``SamplingParams(extra_args={"compression_ratio": c})``; the
-plugin reads it (stock vLLM ignores it). KV usage comes from the scheduler stats vLLM hands every
-stat logger after each engine step, so reading it costs nothing on the request path. vLLM's own
-Prometheus logger stays on (``log_stats``), which puts its ``vllm:*`` metrics -- and the
-plugin's ``breadcrumbs_*`` ones -- in the default registry that ``/metrics`` serves.
+The gateway does not re-implement the OpenAI protocol: ``build_app`` / ``init_app_state`` from
+vLLM build the same app ``vllm serve`` runs (chat templating, sampling-parameter mapping,
+logprobs, structured outputs, tool calls, ``/v1/responses``, ``/tokenize``...), and the breadcrumbs
+plugin is auto-loaded into the engine. What is ours is the engine client the serving layer is
+handed, :class:`CompressingEngineClient`: it resolves ``"auto"`` at admission, refuses what cannot
+work on a beacon model, and fills each request's :class:`~server.compression.RequestAccount` from
+the outputs as they pass.
+
+KV usage comes from the scheduler stats vLLM hands every stat logger after each engine step, so
+reading it costs nothing on the request path. vLLM's own Prometheus logger stays on, which puts
+its ``vllm:*`` metrics -- and the plugin's ``breadcrumbs_*`` ones -- in the default registry that
+``/metrics`` serves.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, nullcontext
+import time
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from server.compression import KVState
-from server.engines.base import Delta, EngineBackend, GenParams
-from server.errors import APIError
+from starlette.types import ASGIApp
+
+from server import metrics
+from server.compression import CURRENT_ACCOUNT, Generation, KVState, RatioPolicy
+from server.engines.base import EngineBackend
+from server.memory import KVPool
 from server.settings import Settings
 
 
@@ -47,8 +59,8 @@ def _kv_logger_factory(sink: _KVUsageSink):
 
 
 @contextmanager
-def _cpu_cold_start(model: Path) -> Iterator[dict]:
-    """Engine arguments that skip two Python start-ups vLLM pays to protect GPUs, not CPUs.
+def _cpu_cold_start(model: Path) -> Iterator[list[str]]:
+    """Engine flags that skip two Python start-ups vLLM pays to protect GPUs, not CPUs.
 
     Each fresh process re-imports torch and vLLM, 15-20 s on a 2-core CPU, which is what kept a
     first eager ``breadcrumbs serve`` over a minute (bench_startup.py):
@@ -74,7 +86,7 @@ def _cpu_cold_start(model: Path) -> Iterator[dict]:
     before = os.environ.get(key)
     os.environ[key] = "0"
     try:
-        yield {"distributed_executor_backend": "uni"}
+        yield ["--distributed-executor-backend", "uni"]
     finally:
         if before is None:
             del os.environ[key]
@@ -82,47 +94,182 @@ def _cpu_cold_start(model: Path) -> Iterator[dict]:
             os.environ[key] = before
 
 
+def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list[str]):
+    """The ``argparse.Namespace`` ``vllm serve`` would build for these settings.
+
+    Going through vLLM's own parser gives every frontend option its ``vllm serve`` default (the
+    serving layer reads dozens of them); ``settings.vllm_args`` passes any other flag through.
+    """
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    flags = ["--model", str(settings.model), "--served-model-name", settings.model_name,
+             "--block-size", str(settings.block_size),
+             "--max-model-len", str(settings.max_model_len), *pool.engine_flags(), *extra]
+    if not compile_model:
+        flags.append("--enforce-eager")
+    if settings.log_content:
+        flags.append("--enable-log-requests")
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(flags + settings.vllm_args)
+    validate_parsed_serve_args(args)
+    return args
+
+
+#: The request field a prompt came from, per route (an error names it as its ``param``).
+_PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "responses": "input"}
+
+
+class CompressingEngineClient:
+    """The ``AsyncLLM`` the serving layer sees, with the gateway's part of admission added.
+
+    Everything but :meth:`generate` is delegated. ``generate`` is where every OpenAI route
+    (chat, completions, responses) hands a tokenised prompt and ``SamplingParams`` to the engine,
+    so it is the one place that knows the exact prompt length and the parameters vLLM derived:
+
+    - ``"auto"`` in ``extra_args["compression_ratio"]`` becomes a ratio from this engine's KV
+      pool (``RatioPolicy``), before the plugin's own validation runs inside ``AsyncLLM``;
+    - a prompt over the gateway's length cap, or holding the reserved ``<beacon>`` id, or a
+      seeded compressed request on a
+      sampler that cannot rewind a seeded generator (vLLM's CPU sampler), is refused with a
+      400 (``VLLMValidationError``), never run;
+    - the outputs are counted into the current request's account and the gateway's metrics.
+    """
+
+    def __init__(self, engine: Any, policy: RatioPolicy, kv_state, max_prompt_tokens: int,
+                 seeded_compression: bool) -> None:
+        self._engine = engine
+        self._policy = policy
+        self._kv_state = kv_state
+        self._max_prompt_tokens = max_prompt_tokens
+        self._seeded_compression = seeded_compression
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def _admit(self, prompt: Any, params: Any, field: str) -> tuple[Any, Generation]:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.renderers.inputs.preprocess import extract_prompt_components
+        from vllm.sampling_params import SamplingParams
+
+        from breadcrumbs_vllm.vllm_plugin.compression import RATIO_KEY, resolve_ratio
+
+        token_ids = extract_prompt_components(self._engine.model_config, prompt).token_ids or []
+        config = self._policy.config
+        if len(token_ids) > self._max_prompt_tokens:
+            raise VLLMValidationError(f"the prompt has {len(token_ids)} tokens; this server's "
+                                      f"limit is {self._max_prompt_tokens}", parameter=field)
+        if config.beacon_token_id in token_ids:
+            raise VLLMValidationError("the prompt contains the reserved <beacon> token; beacons "
+                                      "are inserted by the engine alone", parameter=field)
+        if not isinstance(params, SamplingParams):
+            return params, Generation(len(token_ids), None)
+        extra = dict(params.extra_args or {})
+        if extra.get(RATIO_KEY) == "auto":
+            ratio = self._policy.resolve("auto", self._kv_state(), len(token_ids),
+                                         params.max_tokens or 0, params.n)
+            extra[RATIO_KEY] = "none" if ratio is None else ratio
+            params = params.clone()
+            params.extra_args = extra
+        try:
+            ratio = resolve_ratio(extra, config)
+        except ValueError:
+            ratio = None  # the plugin refuses it inside AsyncLLM, with the supported ratios
+        if ratio is not None and params.seed is not None and not self._seeded_compression:
+            raise VLLMValidationError(
+                "seed cannot be combined with compression on this engine (its CPU sampler "
+                "cannot rewind a seeded generator past a beacon step); drop seed or send "
+                "compression_ratio null", parameter="seed")
+        return params, Generation(len(token_ids), ratio)
+
+    async def generate(self, prompt: Any, sampling_params: Any, request_id: str,
+                       **kwargs: Any) -> AsyncGenerator[Any, None]:
+        from vllm.sampling_params import RequestOutputKind
+
+        account = CURRENT_ACCOUNT.get()
+        route = account.route if account else "other"
+        sampling_params, generation = self._admit(prompt, sampling_params,
+                                                  _PROMPT_FIELD.get(route, "prompt"))
+        if account is not None:
+            account.generations.append(generation)
+        delta = getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA
+        started = last = time.monotonic()
+        first, finished = True, False
+        try:
+            async for output in self._engine.generate(prompt, sampling_params, request_id,
+                                                      **kwargs):
+                now = time.monotonic()
+                (metrics.TTFT if first else metrics.INTER_TOKEN).labels(route).observe(now - last)
+                first, last, finished = False, now, output.finished
+                for choice in output.outputs:
+                    if delta:
+                        generation.add(choice.index, len(choice.token_ids))
+                    else:
+                        generation.tokens[choice.index] = len(choice.token_ids)
+                yield output
+        finally:
+            # Closed early: the serving layer saw the client go and aborted the request.
+            if not finished:
+                metrics.ABORTED.labels(route).inc()
+        metrics.E2E.labels(route).observe(time.monotonic() - started)
+
+
 class EmbeddedBackend(EngineBackend):
     name = "embedded"
+    fills_account = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, policy: RatioPolicy) -> None:
         self.settings = settings
+        self.policy = policy
         self.engine = None
+        self.pool: KVPool | None = None
+        self._app: ASGIApp | None = None
         self._sink = _KVUsageSink()
 
-    async def start(self) -> None:
+    def start_engine(self) -> None:
+        """Start ``AsyncLLM`` (blocking: tens of seconds). ``breadcrumbs serve`` calls this
+        before it binds its port, so a failure is one line, not a half-up server."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
-        self.seeded_compression = not current_platform.is_cpu()
-        kv_bytes = None
-        if s.kv_cache_gib is not None:
-            if current_platform.is_cpu():
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{s.kv_cache_gib:g}"
-            else:
-                kv_bytes = int(s.kv_cache_gib * (1 << 30))
+        cpu = current_platform.is_cpu()
+        self.pool = KVPool.for_settings(s, cpu)
         # On CPU, torch.compile's warm-up would push a cold start past a minute (which matters
         # more there than decode speed); on GPUs, compilation and CUDA graphs pay for themselves.
-        compile_model = s.compile if s.compile is not None else not current_platform.is_cpu()
-        fast_start = current_platform.is_cpu() and not compile_model
-        with _cpu_cold_start(s.model) if fast_start else nullcontext({}) as fast:
-            args = AsyncEngineArgs(
-                model=str(s.model), served_model_name=[s.model_name], block_size=s.block_size,
-                max_model_len=s.max_model_len, kv_cache_memory_bytes=kv_bytes,
-                enable_log_requests=s.log_content, enforce_eager=not compile_model, **fast,
-            )
+        compile_model = s.compile if s.compile is not None else not cpu
+        fast_start = cpu and not compile_model
+        with _cpu_cold_start(s.model) if fast_start else _no_flags() as fast:
+            self.args = vllm_args(s, self.pool, compile_model, fast)
+            engine_args = AsyncEngineArgs.from_cli_args(self.args)
             self.engine = AsyncLLM.from_engine_args(
-                args, stat_loggers=[_kv_logger_factory(self._sink)])
+                engine_args, stat_loggers=[_kv_logger_factory(self._sink)])
+        self.client = CompressingEngineClient(self.engine, self.policy, self.kv_state,
+                                              s.max_prompt_tokens, seeded_compression=not cpu)
+
+    async def start(self) -> None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
+
+        if self.engine is None:
+            self.start_engine()
+        tasks = await self.engine.get_supported_tasks()
+        app = build_app(self.args, tasks, self.engine.model_config)
+        await init_app_state(self.client, app.state, self.args, tasks)
+        self._app = app
 
     async def stop(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+        self._app = None
+
+    @property
+    def app(self) -> ASGIApp | None:
+        return self._app
 
     async def ready(self) -> bool:
-        if self.engine is None or self.engine.errored:
+        if self._app is None or self.engine is None or self.engine.errored:
             return False
         try:
             await self.engine.check_health()
@@ -130,35 +277,14 @@ class EmbeddedBackend(EngineBackend):
             return False
         return True
 
-    def kv_state(self) -> KVState:
+    def pool_tokens(self) -> int | None:
         blocks = self.engine.vllm_config.cache_config.num_gpu_blocks if self.engine else None
-        capacity = blocks * self.settings.block_size if blocks else None
-        return KVState(usage=self._sink.usage, capacity_tokens=capacity)
+        return blocks * self.settings.block_size if blocks else None
 
-    async def generate(self, prompt_ids: list[int], params: GenParams,
-                       request_id: str) -> AsyncIterator[Delta]:
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
-        try:
-            sampling = SamplingParams(
-                n=params.n, max_tokens=params.max_tokens, stop=params.stop or None,
-                temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-                ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.DELTA,
-                extra_args={"compression_ratio": params.ratio},
-            )
-        except ValueError as exc:  # vLLM's own checks: a 400, never an engine error
-            raise APIError(400, f"invalid sampling parameters: {exc}") from None
-        finished = False
-        try:
-            async for output in self.engine.generate(
-                    TokensPrompt(prompt_token_ids=prompt_ids), sampling, request_id):
-                for choice in output.outputs:
-                    yield Delta(choice.index, choice.text, len(choice.token_ids),
-                                choice.finish_reason)
-                finished = output.finished
-        finally:
-            if not finished and self.engine is not None:
-                await self.engine.abort(request_id)
+    def kv_state(self) -> KVState:
+        return KVState(usage=self._sink.usage, capacity_tokens=self.pool_tokens())
 
 
+@contextmanager
+def _no_flags() -> Iterator[list[str]]:
+    yield []

@@ -1,34 +1,32 @@
-"""Remote mode: forward to one or more vLLM OpenAI servers (running the plugin) over httpx.
+"""Remote mode: forward to one vLLM OpenAI server running the plugin -- a replica, or a router
+(the vLLM Router, llm-d) in front of many. Choosing between replicas is the router's job.
 
-The gateway keeps tokenising and validating itself and sends token ids to the upstream
-``/v1/completions`` (chat is rendered with the model's template here, so both routes share one
-upstream call). A background task polls every upstream's ``/health`` and ``/metrics``; requests
-go to the healthy upstream with the lowest ``vllm:kv_cache_usage_perc`` (least loaded by memory,
-the resource compression trades for). Closing the stream closes the upstream connection, which
-makes vLLM abort the request and free its blocks.
+Requests reach the upstream as the gateway's layer left them (``compression_ratio`` in
+``vllm_xargs``), so the surface is vLLM's own in both modes. Answers stream back as they come;
+a client that goes away closes the upstream connection, which makes vLLM abort the request and
+free its blocks. A background task polls the upstream's ``/health`` and ``/metrics`` for
+``/ready`` and for what ``"auto"`` needs: KV usage and the pool size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+from starlette.types import Receive, Scope, Send
 
-from breadcrumbs_vllm.vllm_plugin.compression import ratio_xargs
-from server.compression import KVState
-from server.engines.base import Delta, EngineBackend, GenParams
-from server.errors import APIError
+from server.compression import KVState, RatioPolicy, Requested
+from server.engines.base import EngineBackend
+from server.errors import APIError, error_response
 from server.settings import Settings
-
-log = logging.getLogger("server")
 
 _KV_USAGE = re.compile(r"^vllm:kv_cache_usage_perc(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
 _CACHE_INFO = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.MULTILINE)
+#: Hop-by-hop headers a proxy must not forward (RFC 9110 7.6.1), plus the recomputed length.
+_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+        b"host", b"content-length", b"content-encoding"}
 
 
 def parse_upstream_metrics(text: str) -> tuple[float, int | None]:
@@ -42,26 +40,19 @@ def parse_upstream_metrics(text: str) -> tuple[float, int | None]:
     return (max(usages) if usages else 0.0), capacity
 
 
-@dataclass
-class Upstream:
-    url: str
-    healthy: bool = False
-    kv_usage: float = 1.0
-    capacity_tokens: int | None = None
-    model: str | None = None
-    in_flight: int = field(default=0)
-
-
 class RemoteBackend(EngineBackend):
     name = "remote"
 
-    def __init__(self, settings: Settings,
+    def __init__(self, settings: Settings, policy: RatioPolicy,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """``transport`` lets tests stand in for the upstream servers."""
+        """``transport`` lets tests stand in for the upstream server."""
         self.settings = settings
-        self.upstreams = [Upstream(url.rstrip("/")) for url in settings.backends]
+        self.policy = policy
+        self.url = settings.upstream.rstrip("/")
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0), transport=transport)
+        self.healthy = False
+        self.kv = KVState(usage=1.0, capacity_tokens=None)
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -79,69 +70,71 @@ class RemoteBackend(EngineBackend):
             await self.poll_once()
 
     async def poll_once(self) -> None:
-        await asyncio.gather(*(self._poll(u) for u in self.upstreams))
-
-    async def _poll(self, upstream: Upstream) -> None:
         try:
-            health = await self.client.get(f"{upstream.url}/health", timeout=5.0)
-            metrics = await self.client.get(f"{upstream.url}/metrics", timeout=5.0)
-            if upstream.model is None:
-                models = await self.client.get(f"{upstream.url}/v1/models", timeout=5.0)
-                upstream.model = models.json()["data"][0]["id"]
-        except (httpx.HTTPError, KeyError, IndexError, ValueError):
-            upstream.healthy = False
+            health = await self.client.get(f"{self.url}/health", timeout=5.0)
+            page = await self.client.get(f"{self.url}/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            self.healthy = False
             return
-        upstream.healthy = health.status_code == 200 and metrics.status_code == 200
-        upstream.kv_usage, upstream.capacity_tokens = parse_upstream_metrics(metrics.text)
-
-    def pick(self) -> Upstream:
-        """The healthy upstream with the least KV usage (ties: fewest requests in flight)."""
-        healthy = [u for u in self.upstreams if u.healthy]
-        if not healthy:
-            raise APIError(503, "no healthy engine backend", code="backend_unavailable")
-        return min(healthy, key=lambda u: (u.kv_usage, u.in_flight))
+        self.healthy = health.status_code == 200
+        if page.status_code == 200:
+            self.kv = KVState(*parse_upstream_metrics(page.text))
 
     async def ready(self) -> bool:
-        return any(u.healthy for u in self.upstreams)
+        return self.healthy
 
     def kv_state(self) -> KVState:
-        healthy = [u for u in self.upstreams if u.healthy]
-        if not healthy:
-            return KVState(usage=1.0, capacity_tokens=None)
-        best = min(healthy, key=lambda u: u.kv_usage)
-        return KVState(usage=best.kv_usage, capacity_tokens=best.capacity_tokens)
+        return self.kv
 
-    async def generate(self, prompt_ids: list[int], params: GenParams,
-                       request_id: str) -> AsyncIterator[Delta]:
-        upstream = self.pick()
-        body = {
-            "model": upstream.model, "prompt": prompt_ids, "stream": True,
-            "max_tokens": params.max_tokens, "n": params.n, "stop": params.stop,
-            "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
-            "ignore_eos": params.ignore_eos, "return_token_ids": True,
-            "vllm_xargs": ratio_xargs(params.ratio),
-        }
-        upstream.in_flight += 1
+    @property
+    def app(self):
+        return self._forward
+
+    async def resolve_auto(self, route: str, body: dict[str, Any]) -> Requested:
+        """``"auto"`` from the upstream's KV state and the prompt's length, which the upstream's
+        own ``/tokenize`` gives (chat templating included)."""
+        query = {"model": body.get("model")}
+        prompt = body.get("input") if route == "responses" else body.get("prompt")
+        if route == "chat" or isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            query["messages"] = body.get("messages") if route == "chat" else prompt
+        else:
+            query["prompt"] = prompt if isinstance(prompt, str) else ""
         try:
-            async with self.client.stream("POST", f"{upstream.url}/v1/completions", json=body,
-                                          headers={"X-Request-Id": request_id}) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    upstream.healthy = response.status_code < 500
-                    raise APIError(503 if response.status_code >= 500 else 400,
-                                   f"engine backend answered {response.status_code}",
-                                   code="backend_error")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    for choice in json.loads(line[6:]).get("choices", []):
-                        tokens = choice.get("token_ids")
-                        yield Delta(choice["index"], choice.get("text", ""),
-                                    len(tokens) if tokens is not None else 1,
-                                    choice.get("finish_reason"))
+            answer = await self.client.post(f"{self.url}/tokenize", json=query, timeout=30.0)
+            prompt_len = int(answer.json()["count"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            raise APIError(503, "the engine could not size the prompt for compression_ratio "
+                                "\"auto\"") from None
+        max_tokens = next((body[f] for f in ("max_completion_tokens", "max_tokens",
+                                             "max_output_tokens") if body.get(f)), 0)
+        return self.policy.resolve("auto", self.kv, prompt_len, max_tokens, body.get("n") or 1)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the request upstream as it is and stream the answer back."""
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+        url = f"{self.url}{scope['path']}" + (f"?{scope['query_string'].decode()}"
+                                               if scope.get("query_string") else "")
+        request = self.client.build_request(scope["method"], url, headers=headers, content=body)
+        try:
+            response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            upstream.healthy = False
-            raise APIError(503, f"engine backend failed: {type(exc).__name__}",
-                           code="backend_error") from None
+            self.healthy = False
+            await error_response(APIError(503, f"engine backend failed: {type(exc).__name__}"))(scope, receive, send)
+            return
+        try:
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": [(k.lower(), v) for k, v in response.headers.raw
+                                    if k.lower() not in _HOP]})  # ASGI names are lowercase
+            async for chunk in response.aiter_bytes():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
         finally:
-            upstream.in_flight -= 1
+            await response.aclose()

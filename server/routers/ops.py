@@ -1,7 +1,9 @@
 """``/health`` (process up), ``/ready`` (engine loaded and answering) and ``/metrics``.
 
 These stay outside API-key auth so orchestrators and Prometheus can reach them; they expose no
-request content.
+request content. ``/metrics`` serves the process's default registry: the gateway's
+``breadcrumbs_gateway_*`` families, and in embedded mode vLLM's ``vllm:*`` and the plugin's
+``breadcrumbs_*`` ones too.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from server import metrics
-from server.errors import ErrorResponse
+from server.errors import APIError, error_response
 
 router = APIRouter()
 
@@ -21,18 +23,16 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"model": ErrorResponse}})
+@router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    backend = request.app.state.service.backend
+    backend = request.app.state.backend
     if await backend.ready():
         return JSONResponse({"status": "ready", "backend": backend.name})
-    return JSONResponse({"error": {"message": "engine not ready", "type": "service_unavailable",
-                                   "param": None, "code": "not_ready"}}, status_code=503)
+    return error_response(APIError(503, "engine not ready"))
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+@router.get("/metrics")
 async def prometheus(request: Request) -> Response:
-    backend = request.app.state.service.backend
+    backend = request.app.state.backend
     metrics.KV_USAGE.labels(backend.name).set(backend.kv_state().usage)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

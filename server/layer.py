@@ -1,0 +1,272 @@
+"""The gateway's own part of a generation request, around vLLM's OpenAI serving layer.
+
+For ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` it
+
+1. reads the JSON body and takes out ``compression_ratio`` (top level, as OpenAI clients send it
+   through ``extra_body``; or ``vllm_xargs.compression_ratio``, as vLLM clients do), checks it
+   against the model (400 naming the supported ratios), applies the deployment caps (``n``,
+   ``max_tokens``, a default ``max_tokens``), and forwards the body with the ratio in
+   ``vllm_xargs`` -- the field vLLM maps into ``SamplingParams.extra_args``, where the plugin
+   reads it. Every other field reaches vLLM untouched, with vLLM's meaning;
+2. opens the request's :class:`~server.compression.RequestAccount` (a context variable the
+   embedded engine client fills) and, on the way back, adds ``usage.breadcrumbs`` to the answer
+   -- to the JSON body, or to every streamed event that carries ``usage`` -- and counts the
+   request's KV savings in the gateway's metrics.
+
+Anything that is not valid JSON passes through unchanged, so vLLM answers it with its own error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import metrics
+from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
+from server.engines.base import EngineBackend
+from server.errors import APIError, error_response
+from server.settings import Settings
+
+#: Route path -> (metrics label, the body field that caps output tokens).
+ROUTES = {
+    "/v1/chat/completions": ("chat", ("max_completion_tokens", "max_tokens")),
+    "/v1/completions": ("completions", ("max_tokens",)),
+    "/v1/responses": ("responses", ("max_output_tokens",)),
+}
+_UNSET = object()
+_RATIO = "compression_ratio"
+
+
+class CompressionLayer:
+    """Pure ASGI, so streamed answers pass event by event and a client that goes away is seen
+    by vLLM's serving layer (which then aborts the request and frees its KV blocks)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, policy: RatioPolicy,
+                 backend: EngineBackend) -> None:
+        self.app = app
+        self.settings = settings
+        self.policy = policy
+        self.backend = backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else None
+        if path == "/v1/models" and scope["method"] == "GET":
+            await self.app(scope, receive, _AnswerEditor(send, self._add_ratios))
+            return
+        route = ROUTES.get(path or "")
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw = await _read_body(receive)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        label, cap_fields = route
+        try:
+            account = RequestAccount(label, self._take_ratio(body))
+            self._apply_caps(body, cap_fields)
+            _refuse_what_cannot_compress(body, account.requested)
+            if account.requested == "auto":
+                account.requested = await self.backend.resolve_auto(label, body)
+        except APIError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if not self.backend.fills_account and (body.get("n") or 1) > 1 and label != "responses":
+            body["return_token_ids"] = True  # each choice's count, for usage.breadcrumbs
+        xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
+        requested = account.requested
+        body["vllm_xargs"] = {**xargs, _RATIO: "none" if requested is None else requested}
+        scope.setdefault("state", {})["ratio"] = metrics.ratio_label(account.ratio)
+        token = CURRENT_ACCOUNT.set(account)
+        raw = json.dumps(body).encode()
+        try:
+            await self.app(_with_length(scope, raw), _replay(raw, receive),
+                           _AnswerEditor(send, lambda answer: self._add_usage(account, answer)))
+        finally:
+            CURRENT_ACCOUNT.reset(token)
+            scope["state"]["ratio"] = metrics.ratio_label(account.ratio)
+            self._count(account)
+
+    def _take_ratio(self, body: dict[str, Any]):
+        """The requested ratio: top-level field first, then ``vllm_xargs``, else the model's
+        default; removed from the body (vLLM would warn about an unknown top-level field)."""
+        requested = body.pop(_RATIO, _UNSET)
+        xargs = body.get("vllm_xargs")
+        if requested is _UNSET and isinstance(xargs, dict):
+            requested = xargs.get(_RATIO, _UNSET)
+        if requested is _UNSET:
+            requested = self.policy.config.default_ratio
+        return self.policy.check(requested)
+
+    def _apply_caps(self, body: dict[str, Any], cap_fields: tuple[str, ...]) -> None:
+        s = self.settings
+        n = body.get("n", 1)
+        if isinstance(n, int) and n > s.max_n:
+            raise APIError(400, f"n must be at most {s.max_n}", param="n")
+        asked = [(f, body[f]) for f in cap_fields if body.get(f) is not None]
+        for name, value in asked:
+            if isinstance(value, int) and value > s.max_tokens_cap:
+                raise APIError(400, f"{name} must be at most {s.max_tokens_cap}", param=name)
+        if not asked:
+            body[cap_fields[0]] = min(s.default_max_tokens, s.max_tokens_cap)
+
+    def _add_ratios(self, answer: dict[str, Any]) -> bool:
+        """``/v1/models``: each card also lists the ratios ``compression_ratio`` may take."""
+        for card in answer.get("data") or []:
+            card["compression_ratios"] = self.policy.ratios
+        return True
+
+    def _add_usage(self, account: RequestAccount, answer: dict[str, Any]) -> bool:
+        """Add ``breadcrumbs`` to the answer's usage; False when it has none."""
+        holder = answer.get("response") if isinstance(answer.get("response"), dict) else answer
+        usage = holder.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        self.read_answer(account, holder)
+        usage["breadcrumbs"] = account.usage_breadcrumbs(self.settings.block_size)
+        return True
+
+    def read_answer(self, account: RequestAccount, answer: dict[str, Any]) -> None:
+        """Fill the account from an answer's ``usage`` where no engine client fills it (remote
+        mode): ``completion_tokens`` is the one choice's count, so ``n > 1`` needs the choices'
+        ``token_ids`` (which the remote backend asks its upstream for)."""
+        if self.backend.fills_account:
+            return
+        usage = answer["usage"]  # /v1/responses counts input and output tokens
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+        generation = Generation(prompt, account.ratio)
+        choices = answer.get("choices") or []
+        if len(choices) > 1:
+            for choice in choices:
+                generation.add(choice.get("index", 0), len(choice.get("token_ids") or []))
+        else:
+            generation.add(0, usage.get("completion_tokens", usage.get("output_tokens")) or 0)
+        account.generations = [generation]
+
+    def _count(self, account: RequestAccount) -> None:
+        """The request's tokens and KV savings into the gateway's metrics, once it is over."""
+        bs = self.settings.block_size
+        label = metrics.ratio_label(account.ratio)
+        for generation in account.generations:
+            for saving in generation.savings(bs):
+                metrics.KV_ENTRIES_SAVED.labels(label).inc(saving.entries_saved)
+                metrics.KV_BLOCKS_SAVED.labels(label).inc(saving.blocks_saved)
+                metrics.BEACONS.labels(label).inc(saving.beacons)
+            metrics.PROMPT_TOKENS.labels(account.route).inc(generation.prompt_len)
+            metrics.GENERATED_TOKENS.labels(account.route).inc(sum(generation.tokens.values()))
+
+
+class _AnswerEditor:
+    """A ``send`` that lets ``edit`` change a successful answer's JSON object(s) in place.
+
+    A JSON answer is buffered and rewritten (its length changes). A stream is rewritten event by
+    event: an SSE event is ``data: <json>`` ended by a blank line, and only events ``edit``
+    returns True for are re-encoded. Error answers pass untouched.
+    """
+
+    def __init__(self, send: Send, edit: Callable[[dict[str, Any]], bool]) -> None:
+        self.send, self.edit = send, edit
+        self.start: Message | None = None
+        self.kind = "other"
+        self.buffer = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            ctype = headers.get(b"content-type", b"").decode()
+            if message["status"] == 200 and ctype.startswith("application/json"):
+                self.kind, self.start = "json", message
+                return
+            if message["status"] == 200 and ctype.startswith("text/event-stream"):
+                self.kind = "sse"
+            await self.send(message)
+            return
+        if message["type"] != "http.response.body" or self.kind == "other":
+            await self.send(message)
+            return
+        self.buffer += message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.kind == "json":
+            if not more:
+                await self._send_json()
+            return
+        events, _, self.buffer = self.buffer.rpartition(b"\n\n")
+        out = b"".join(self._event(e) + b"\n\n" for e in events.split(b"\n\n")) if events else b""
+        if not more:
+            out, self.buffer = out + self.buffer, b""
+        await self.send({"type": "http.response.body", "body": out, "more_body": more})
+
+    async def _send_json(self) -> None:
+        try:
+            answer = json.loads(self.buffer)
+        except ValueError:
+            answer = None
+        body = self.buffer
+        if isinstance(answer, dict) and self.edit(answer):
+            body = json.dumps(answer).encode()
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({**self.start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    def _event(self, event: bytes) -> bytes:
+        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+            return event
+        try:
+            payload = json.loads(event[6:])
+        except ValueError:
+            return event
+        if isinstance(payload, dict) and self.edit(payload):
+            return b"data: " + json.dumps(payload, separators=(",", ":")).encode()
+        return event
+
+
+
+def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:
+    """400 for request fields that cannot work together with compression.
+
+    Beam search builds its own ``SamplingParams`` for every beam step (``vllm_xargs`` do not
+    reach them), so a compressed beam search would silently run uncompressed.
+    """
+    if requested is not None and body.get("use_beam_search"):
+        raise APIError(400, "use_beam_search cannot be combined with compression (vLLM's beam "
+                            "search drops the request's compression_ratio); send "
+                            "compression_ratio null", param="use_beam_search")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the (rewritten) body over once, then waits for a disconnect."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_length(scope: Scope, body: bytes) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
