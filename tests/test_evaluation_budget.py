@@ -120,6 +120,19 @@ def test_eval_budgets_writes_table_json_and_plot(tiny_checkpoint, tmp_path: Path
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "AUAC" in proc.stdout and "c=4 against its teacher" in proc.stdout
 
+    # A sweep split into one command per budget joins back into the same document.
+    for budget in (100, 110):
+        part = dict(doc, rows=[r for r in doc["rows"] if r["kv_budget"] == budget])
+        (tmp_path / f"part-{budget}.json").write_text(json.dumps(part))
+    joined = tmp_path / "joined.json"
+    proc = breadcrumbs("eval", "--combine", f"{tmp_path / 'part-110.json'},{tmp_path / 'part-100.json'}",
+                       "--out", str(joined))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(joined.read_text()) == doc
+    proc = breadcrumbs("eval", "--combine", f"{out},{tmp_path / 'part-100.json'}", "--out",
+                       str(tmp_path / "twice.json"))
+    assert proc.returncode == 2 and "one method at one budget twice" in proc.stderr
+
 
 @pytest.mark.parametrize("budgets, message", [("abc", "whole numbers"), ("0,100", "positive"),
                                               ("20", "longest prompt")])

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from breadcrumbs_vllm.cli.data_args import add_data_arguments, data_spec
 from breadcrumbs_vllm.cli.init_model import parse_ratio_list
 
+if TYPE_CHECKING:
+    from breadcrumbs_vllm.evaluation.runner import EvalRow
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate ratios and baselines on held-out problems")
-    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--model", help="checkpoint folder (required unless --combine)")
     p.add_argument("--task", default=None, help="task (default: the one in the model's config)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                    help="a difficulty knob (repeatable), e.g. high=12; default: the knobs in the "
@@ -47,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "model) stops when its cache holds B entries, each ratio of --ratios "
                         "('none' is ignored) decodes the model under the same B, the baselines "
                         "run on the teacher with cache size B; adds AUAC per method")
+    p.add_argument("--combine", default=None, metavar="JSON[,JSON...]",
+                   help="decode nothing: join fixed-budget results JSONs of one setting (a sweep "
+                        "split into one command per budget) into --out, with the table, AUAC and "
+                        "plot recomputed over all their budgets")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
     add_data_arguments(p, "your own data instead of a task: --n rows of it, shuffled by --seed")
@@ -61,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from breadcrumbs_vllm.reference import POLICIES, ReferenceEngine
     from breadcrumbs_vllm.tasks import get_task, parse_task_options
 
+    if args.combine is not None:
+        title, rows = report.combine_budget_runs(
+            [Path(path.strip()) for path in args.combine.split(",") if path.strip()])
+        write_budget_outputs(rows, title, Path(args.out))
+        return 0
+    if args.model is None:
+        raise ValueError("--model is required (unless --combine)")
     bc = read_breadcrumbs_config(args.model)
     if args.data is not None:
         task, options = data_task(args), {}
@@ -113,17 +128,26 @@ def run(args: argparse.Namespace) -> int:
         title += f"; fixed budgets, teacher and baselines on {Path(baseline_model).name}"
     elif baselines:
         title += f"; baselines on {Path(baseline_model).name}"
-    out, plot = Path(args.out), Path(args.out).with_suffix(".png")
     if budgets is not None:
-        report.print_budget_table(rows, title)
-        report.write_budget_json(rows, out, title)
-        report.plot_budget_sweep(rows, plot, title)
-    else:
-        report.print_table(rows, title)
-        report.write_json(rows, out)
-        report.plot_frontier(rows, plot, title)
+        write_budget_outputs(rows, title, Path(args.out))
+        return 0
+    out, plot = Path(args.out), Path(args.out).with_suffix(".png")
+    report.print_table(rows, title)
+    report.write_json(rows, out)
+    report.plot_frontier(rows, plot, title)
     print(f"wrote {out} and {plot}")
     return 0
+
+
+def write_budget_outputs(rows: list[EvalRow], title: str, out: Path) -> None:
+    """The fixed-budget table on the terminal, its JSON at ``out`` and its plot beside it."""
+    from breadcrumbs_vllm.evaluation import report
+
+    plot = out.with_suffix(".png")
+    report.print_budget_table(rows, title)
+    report.write_budget_json(rows, out, title)
+    report.plot_budget_sweep(rows, plot, title)
+    print(f"wrote {out} and {plot}")
 
 
 def data_task(args: argparse.Namespace):

@@ -153,6 +153,29 @@ def write_budget_json(rows: Sequence[EvalRow], path: Path, title: str) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def combine_budget_runs(paths: Sequence[Path]) -> tuple[str, list[EvalRow]]:
+    """The title and rows of fixed-budget JSONs of one setting, joined in budget order.
+
+    A long sweep runs as one command per budget; the title (model, task, knobs, n, seed,
+    held-out set, baseline model) must be the same in every part, and no method may appear twice
+    at one budget, so the joined table compares the same problems throughout.
+    """
+    titles, rows = set(), []
+    for path in paths:
+        try:
+            doc = json.loads(path.read_text())
+            titles.add(doc["title"])
+            rows += [EvalRow(**row) for row in doc["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a fixed-budget results JSON ({err})") from None
+    if len(titles) != 1:
+        raise ValueError(f"--combine needs runs of one setting; their titles differ: {sorted(titles)}")
+    keys = [(r.setting, r.kv_budget) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("--combine got one method at one budget twice")
+    return titles.pop(), sorted(rows, key=lambda r: r.kv_budget)  # stable: methods keep order
+
+
 def plot_budget_sweep(rows: Sequence[EvalRow], path: Path, title: str) -> None:
     """Accuracy against the shared KV budget ``B``: one line per method, AUAC in the legend."""
     fig, ax = _accuracy_axes()
