@@ -161,9 +161,9 @@ class SnapKV(KVPolicy):
     queries), max-pooled over ``kernel`` neighbouring entries so that a kept entry keeps its
     neighbours' context; the newest ``window`` entries (the observation window) are always kept.
 
-    Windows: 8 queries and a kernel of 5 (SnapKV uses 32 and 7 on prompts of thousands of tokens;
-    the generated room here is tens of entries). Pooling runs over the cache in its current order,
-    padding with ``-inf`` at the ends. SnapKV proper compresses the prompt once; here the prompt
+    Windows: 8 queries and a kernel of 5 (SnapKV's own are sized for prompts of thousands of
+    tokens; the generated room here is tens of entries). Max pooling runs over the cache in its
+    current order, padding with ``-inf`` at the ends. SnapKV proper compresses the prompt once; here the prompt
     is kept whole and the rule runs on generated entries, the way decoding presses apply it.
     """
 
@@ -201,12 +201,14 @@ class SnapKV(KVPolicy):
 class RKV(SnapKV):
     """R-KV-style (Cai et al. 2025): importance from attention, minus redundancy among keys.
 
-    ``score = mix * I - (1 - mix) * R`` over the candidates, with ``mix = 0.1`` (R-KV's λ):
-    ``I`` is SnapKV's pooled window attention (kernel 7, R-KV's), normalised to sum to 1 over
-    the candidates; ``R`` is each candidate key's mean cosine similarity to the other candidates
-    (averaged over KV heads), passed through a softmax over the candidates so that both terms sum
-    to 1. Of two identical keys with equal importance the older goes. Keys are the cached
-    (post-RoPE) ones, as R-KV uses; the observation window is SnapKV's, 8 entries, kept.
+    ``score = mix * I - (1 - mix) * R`` over the candidates, with ``mix = 0.1`` (importance
+    weighted lightly, as in R-KV; kvpress's R-KV press uses 0.07): ``I`` is SnapKV's pooled
+    window attention (kernel 7, as in that press), normalised to sum to 1 over the candidates;
+    ``R`` is each candidate key's mean cosine similarity to the other candidates (averaged over
+    KV heads), passed through a softmax over the candidates so that both terms sum to 1. Of two
+    identical keys with equal importance the older goes. This simplifies R-KV's redundancy, which
+    also exempts each key's most recent near-duplicate above a similarity threshold. Keys are the
+    cached (post-RoPE) ones; the observation window is SnapKV's, 8 entries, always kept.
     """
 
     name = "rkv"
