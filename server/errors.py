@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.rewrite import AnswerEditor
 
 log = logging.getLogger("server")
 
@@ -53,42 +56,17 @@ class ErrorEnvelope:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start: Message | None = None
-        body = b""
+        if scope["type"] == "http":
+            send = AnswerEditor(send, _envelope, range(400, 600))
+        await self.app(scope, receive, send)
 
-        async def rewrite(message: Message) -> None:
-            nonlocal start, body
-            if message["type"] == "http.response.start":
-                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
-                if message["status"] >= 400 and ctype.startswith(b"application/json"):
-                    start = message
-                    return
-            elif start is not None and message["type"] == "http.response.body":
-                body += message.get("body", b"")
-                if message.get("more_body", False):
-                    return
-                await self._send(start, body, send)
-                return
-            await send(message)
 
-        await self.app(scope, receive, rewrite)
-
-    @staticmethod
-    async def _send(start: Message, body: bytes, send: Send) -> None:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        if not (isinstance(answer, dict) and isinstance(answer.get("error"), dict)):
-            detail = answer.get("detail") if isinstance(answer, dict) else None
-            message = detail if isinstance(detail, str) else json.dumps(detail or answer)
-            body = json.dumps({"error": error_body(start["status"], message)}).encode()
-        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+def _envelope(answer: Any, status: int) -> dict | None:
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        return None
+    detail = answer.get("detail") if isinstance(answer, dict) else answer
+    message = detail if isinstance(detail, str) else json.dumps(detail)
+    return {"error": error_body(status, message)}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -19,7 +19,6 @@ Anything that is not valid JSON passes through unchanged, so vLLM answers it wit
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +27,7 @@ from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
+from server.rewrite import AnswerEditor
 from server.settings import Settings
 
 #: Route path -> (metrics label, the body field that caps output tokens).
@@ -37,6 +37,7 @@ ROUTES = {
     "/v1/responses": ("responses", ("max_output_tokens",)),
 }
 _UNSET = object()
+_OK = (200,)
 _RATIO = "compression_ratio"
 
 
@@ -54,7 +55,7 @@ class CompressionLayer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else None
         if path == "/v1/models" and scope["method"] == "GET":
-            await self.app(scope, receive, _AnswerEditor(send, self._add_ratios))
+            await self.app(scope, receive, AnswerEditor(send, self._add_ratios, _OK))
             return
         route = ROUTES.get(path or "")
         if route is None or scope["method"] != "POST":
@@ -88,7 +89,8 @@ class CompressionLayer:
         raw = json.dumps(body).encode()
         try:
             await self.app(_with_length(scope, raw), _replay(raw, receive),
-                           _AnswerEditor(send, lambda answer: self._add_usage(account, answer)))
+                           AnswerEditor(send, lambda answer, _: self._add_usage(account, answer),
+                                        _OK))
         finally:
             CURRENT_ACCOUNT.reset(token)
             scope["state"]["ratio"] = metrics.ratio_label(account.ratio)
@@ -117,21 +119,23 @@ class CompressionLayer:
         if not asked:
             body[cap_fields[0]] = min(s.default_max_tokens, s.max_tokens_cap)
 
-    def _add_ratios(self, answer: dict[str, Any]) -> bool:
+    def _add_ratios(self, answer: Any, _status: int) -> Any:
         """``/v1/models``: each card also lists the ratios ``compression_ratio`` may take."""
-        for card in answer.get("data") or []:
+        for card in answer.get("data") or [] if isinstance(answer, dict) else []:
             card["compression_ratios"] = self.policy.ratios
-        return True
+        return answer
 
-    def _add_usage(self, account: RequestAccount, answer: dict[str, Any]) -> bool:
-        """Add ``breadcrumbs`` to the answer's usage; False when it has none."""
+    def _add_usage(self, account: RequestAccount, answer: Any) -> Any:
+        """Add ``breadcrumbs`` to the answer's usage (``None``: it has none)."""
+        if not isinstance(answer, dict):
+            return None
         holder = answer.get("response") if isinstance(answer.get("response"), dict) else answer
         usage = holder.get("usage")
         if not isinstance(usage, dict):
-            return False
+            return None
         self.read_answer(account, holder)
         usage["breadcrumbs"] = account.usage_breadcrumbs(self.settings.block_size)
-        return True
+        return answer
 
     def read_answer(self, account: RequestAccount, answer: dict[str, Any]) -> None:
         """Fill the account from an answer's ``usage`` where no engine client fills it (remote
@@ -161,72 +165,6 @@ class CompressionLayer:
                 metrics.BEACONS.labels(label).inc(saving.beacons)
             metrics.PROMPT_TOKENS.labels(account.route).inc(generation.prompt_len)
             metrics.GENERATED_TOKENS.labels(account.route).inc(sum(generation.tokens.values()))
-
-
-class _AnswerEditor:
-    """A ``send`` that lets ``edit`` change a successful answer's JSON object(s) in place.
-
-    A JSON answer is buffered and rewritten (its length changes). A stream is rewritten event by
-    event: an SSE event is ``data: <json>`` ended by a blank line, and only events ``edit``
-    returns True for are re-encoded. Error answers pass untouched.
-    """
-
-    def __init__(self, send: Send, edit: Callable[[dict[str, Any]], bool]) -> None:
-        self.send, self.edit = send, edit
-        self.start: Message | None = None
-        self.kind = "other"
-        self.buffer = b""
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = dict(message.get("headers", []))
-            ctype = headers.get(b"content-type", b"").decode()
-            if message["status"] == 200 and ctype.startswith("application/json"):
-                self.kind, self.start = "json", message
-                return
-            if message["status"] == 200 and ctype.startswith("text/event-stream"):
-                self.kind = "sse"
-            await self.send(message)
-            return
-        if message["type"] != "http.response.body" or self.kind == "other":
-            await self.send(message)
-            return
-        self.buffer += message.get("body", b"")
-        more = message.get("more_body", False)
-        if self.kind == "json":
-            if not more:
-                await self._send_json()
-            return
-        events, _, self.buffer = self.buffer.rpartition(b"\n\n")
-        out = b"".join(self._event(e) + b"\n\n" for e in events.split(b"\n\n")) if events else b""
-        if not more:
-            out, self.buffer = out + self.buffer, b""
-        await self.send({"type": "http.response.body", "body": out, "more_body": more})
-
-    async def _send_json(self) -> None:
-        try:
-            answer = json.loads(self.buffer)
-        except ValueError:
-            answer = None
-        body = self.buffer
-        if isinstance(answer, dict) and self.edit(answer):
-            body = json.dumps(answer).encode()
-        headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await self.send({**self.start, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
-
-    def _event(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: ") or event == b"data: [DONE]":
-            return event
-        try:
-            payload = json.loads(event[6:])
-        except ValueError:
-            return event
-        if isinstance(payload, dict) and self.edit(payload):
-            return b"data: " + json.dumps(payload, separators=(",", ":")).encode()
-        return event
-
 
 
 def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from breadcrumbs_vllm.checkpoint import (
     BreadcrumbsConfig,
@@ -20,8 +21,9 @@ from breadcrumbs_vllm.cli import serve
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from server import Settings, create_app
 from server.compression import KVState, RatioPolicy, choice_savings
-from server.engines.remote import RemoteBackend, parse_upstream_metrics
+from server.engines.remote import RemoteBackend
 from server.errors import APIError
+from server.metrics import engine_kv_state
 
 CONFIG = BreadcrumbsConfig(beacon_token_id=4, ratios=[2, 4, 8, 16])
 
@@ -74,11 +76,12 @@ def test_savings_follow_the_spec_schedule():
 
 
 # ---------------------------------------------------------------- remote mode
-def test_parse_upstream_metrics():
+def test_kv_state_from_vllm_metrics():
     text = ('vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
             'vllm:cache_config_info{block_size="32",num_gpu_blocks="100",x="y"} 1.0\n')
-    assert parse_upstream_metrics(text) == (0.25, 3200)
-    assert parse_upstream_metrics("") == (0.0, None)
+    text += 'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
+    assert engine_kv_state(text_string_to_metric_families(text)) == KVState(0.5, 3200)
+    assert engine_kv_state([]) == KVState(0.0, None)
 
 
 class FakeVLLM:

@@ -8,10 +8,9 @@ handed, :class:`CompressingEngineClient`: it resolves ``"auto"`` at admission, r
 work on a beacon model, and fills each request's :class:`~server.compression.RequestAccount` from
 the outputs as they pass.
 
-KV usage comes from the scheduler stats vLLM hands every stat logger after each engine step, so
-reading it costs nothing on the request path. vLLM's own Prometheus logger stays on, which puts
-its ``vllm:*`` metrics -- and the plugin's ``breadcrumbs_*`` ones -- in the default registry that
-``/metrics`` serves.
+vLLM's own Prometheus logger stays on, which puts its ``vllm:*`` metrics -- and the plugin's
+``breadcrumbs_*`` ones -- in the default registry that ``/metrics`` serves; the KV state
+``"auto"`` needs is read from there too.
 """
 
 from __future__ import annotations
@@ -20,42 +19,19 @@ import json
 import os
 import time
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
 from starlette.types import ASGIApp
 
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, KVState, RatioPolicy
 from server.engines.base import EngineBackend
 from server.memory import KVPool
+from server.metrics import engine_kv_state
 from server.settings import Settings
-
-
-class _KVUsageSink:
-    """Latest KV usage reported by the engine (a fraction of the pool)."""
-
-    usage: float = 0.0
-
-
-def _kv_logger_factory(sink: _KVUsageSink):
-    """A per-engine vLLM stat logger that copies ``kv_cache_usage`` into ``sink``."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class KVUsageLogger(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index: int = 0) -> None:
-            self.sink = sink
-
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None,
-                   engine_idx: int = 0) -> None:
-            if scheduler_stats is not None:
-                self.sink.usage = scheduler_stats.kv_cache_usage
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    return KVUsageLogger
 
 
 @contextmanager
@@ -223,7 +199,6 @@ class EmbeddedBackend(EngineBackend):
         self.engine = None
         self.pool: KVPool | None = None
         self._app: ASGIApp | None = None
-        self._sink = _KVUsageSink()
 
     def start_engine(self) -> None:
         """Start ``AsyncLLM`` (blocking: tens of seconds). ``breadcrumbs serve`` calls this
@@ -239,11 +214,9 @@ class EmbeddedBackend(EngineBackend):
         # more there than decode speed); on GPUs, compilation and CUDA graphs pay for themselves.
         compile_model = s.compile if s.compile is not None else not cpu
         fast_start = cpu and not compile_model
-        with _cpu_cold_start(s.model) if fast_start else _no_flags() as fast:
+        with _cpu_cold_start(s.model) if fast_start else nullcontext([]) as fast:
             self.args = vllm_args(s, self.pool, compile_model, fast)
-            engine_args = AsyncEngineArgs.from_cli_args(self.args)
-            self.engine = AsyncLLM.from_engine_args(
-                engine_args, stat_loggers=[_kv_logger_factory(self._sink)])
+            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(self.args))
         self.client = CompressingEngineClient(self.engine, self.policy, self.kv_state,
                                               s.max_prompt_tokens, seeded_compression=not cpu)
 
@@ -282,9 +255,6 @@ class EmbeddedBackend(EngineBackend):
         return blocks * self.settings.block_size if blocks else None
 
     def kv_state(self) -> KVState:
-        return KVState(usage=self._sink.usage, capacity_tokens=self.pool_tokens())
-
-
-@contextmanager
-def _no_flags() -> Iterator[list[str]]:
-    yield []
+        """From vLLM's own gauges in this process's registry (its logger updates them after
+        every engine step), so reading it costs nothing on the request path."""
+        return engine_kv_state(REGISTRY.collect())

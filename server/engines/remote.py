@@ -11,33 +11,21 @@ free its blocks. A background task polls the upstream's ``/health`` and ``/metri
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Receive, Scope, Send
 
 from server.compression import KVState, RatioPolicy, Requested
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
+from server.metrics import engine_kv_state
 from server.settings import Settings
 
-_KV_USAGE = re.compile(r"^vllm:kv_cache_usage_perc(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
-_CACHE_INFO = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.MULTILINE)
 #: Hop-by-hop headers a proxy must not forward (RFC 9110 7.6.1), plus the recomputed length.
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
         b"host", b"content-length", b"content-encoding"}
-
-
-def parse_upstream_metrics(text: str) -> tuple[float, int | None]:
-    """KV usage (max over engines) and pool size in tokens from a vLLM ``/metrics`` page."""
-    usages = [float(v) for v in _KV_USAGE.findall(text)]
-    capacity = None
-    if info := _CACHE_INFO.search(text):
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', info.group(1)))
-        if labels.get("num_gpu_blocks", "").isdigit() and labels.get("block_size", "").isdigit():
-            capacity = int(labels["num_gpu_blocks"]) * int(labels["block_size"])
-    return (max(usages) if usages else 0.0), capacity
 
 
 class RemoteBackend(EngineBackend):
@@ -78,7 +66,7 @@ class RemoteBackend(EngineBackend):
             return
         self.healthy = health.status_code == 200
         if page.status_code == 200:
-            self.kv = KVState(*parse_upstream_metrics(page.text))
+            self.kv = engine_kv_state(text_string_to_metric_families(page.text))
 
     async def ready(self) -> bool:
         return self.healthy
