@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -84,3 +86,35 @@ def test_helm_templates_only_use_defined_values():
         for key in path.split("."):
             assert isinstance(node, dict) and key in node, f".Values.{path} is not in values.yaml"
             node = node[key]
+
+
+def _promtool() -> str:
+    """Debian's ``prometheus`` package ships it; ``.ci/run`` installs that package."""
+    path = shutil.which("promtool")
+    assert path, ("promtool not found: install Debian's prometheus package "
+                  "(apt-get install -y prometheus), as .ci/run does")
+    return path
+
+
+def _promtool_ok(*args: str) -> str:
+    done = subprocess.run([_promtool(), *args], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool():
+    prom_dir = DEPLOY / "prometheus"
+    out = _promtool_ok("check", "config", str(prom_dir / "prometheus.yml"))
+    assert "4 rules found" in out
+    _promtool_ok("test", "rules", str(prom_dir / "alerts_test.yml"))
+    alerts = yaml.safe_load((prom_dir / "alerts.yml").read_text())
+    names = {r["alert"] for g in alerts["groups"] for r in g["rules"]}
+    assert names == {"BreadcrumbsKVPoolNearFull", "BreadcrumbsPreemptionsRising",
+                     "BreadcrumbsEngineNotReady", "BreadcrumbsKVBlocksLeaked"}
+    tested = yaml.safe_load((prom_dir / "alerts_test.yml").read_text())
+    assert names == {t["alertname"] for case in tested["tests"]
+                     for t in case["alert_rule_test"]}
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
