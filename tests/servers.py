@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,3 +44,32 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def gateway_in_thread(app) -> Iterator[str]:
+    """Serve ``app`` (a gateway from ``create_app``) with uvicorn on a loopback port in a
+    background thread; yields its base URL once ``/ready`` answers 200, stops it after."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert thread.is_alive(), "the gateway stopped while starting"
+            time.sleep(1)
+        else:
+            raise AssertionError("gateway did not become ready within 240 s")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

@@ -10,17 +10,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from servers import gateway_in_thread
 
 from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
 from breadcrumbs_vllm.spec import BeaconSchedule
@@ -33,12 +31,6 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base_url, app) of a running gateway over a tiny random model; tight caps for the tests."""
@@ -48,24 +40,8 @@ def server(tmp_path_factory):
                         max_body_bytes=64 * 1024, max_prompt_tokens=512, max_tokens_cap=256,
                         max_n=3, rate_limit_per_minute=0, max_model_len=1024)
     app = create_app(settings)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail("gateway did not become ready within 240 s")
-    yield base, app
-    uv.should_exit = True
-    thread.join(timeout=60)
+    with gateway_in_thread(app) as base:
+        yield base, app
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from servers import free_port, stop, wait_until_up
+from servers import free_port, gateway_in_thread, stop, wait_until_up
 
 from breadcrumbs_vllm.spec import BeaconSchedule
 from server import Settings, create_app
@@ -32,24 +29,6 @@ pytestmark = pytest.mark.vllm
 
 KEY = "client-key"
 MODEL = "tiny"
-
-
-def _serve_gateway(settings: Settings) -> tuple[str, uvicorn.Server, threading.Thread]:
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                return base, uv, thread
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail("gateway did not become ready within 240 s")
 
 
 @pytest.fixture(scope="module", params=["embedded", "remote"])
@@ -72,12 +51,12 @@ def gateway(request, tiny_checkpoint, tmp_path_factory):
                                     env=env)
         wait_until_up(f"http://127.0.0.1:{port}/health", upstream, log, timeout=240)
         settings = Settings(upstream=f"http://127.0.0.1:{port}", **common)
-    base, uv, thread = _serve_gateway(settings)
-    yield base
-    uv.should_exit = True
-    thread.join(timeout=60)
-    if upstream is not None:
-        stop(upstream)
+    try:
+        with gateway_in_thread(create_app(settings)) as base:
+            yield base
+    finally:
+        if upstream is not None:
+            stop(upstream)
 
 
 @pytest.fixture(scope="module")
