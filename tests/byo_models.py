@@ -71,55 +71,56 @@ def train_bpe(specials: list[str], vocab_size: int = 384) -> Tokenizer:
     return core
 
 
-def _save(model, tokenizer: PreTrainedTokenizerFast, eos: list[int], out: Path) -> Path:
+#: The shape both models share: 2 layers, hidden 64, head size 32.
+SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "head_dim": 32, "max_position_embeddings": 4096}
+
+
+def make(kind: str, out: Path, seed: int = 0, init_std: float = 0.3) -> Path:
+    """A random model of family ``kind`` (see :data:`FAMILIES`) saved as the folder a user
+    would download: weights, tokenizer with its chat template, generation config with the
+    family's stop ids."""
+    family = FAMILIES[kind]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=train_bpe(family["specials"]),
+                                        clean_up_tokenization_spaces=False, **family["tokens"])
+    ids = tokenizer.convert_tokens_to_ids
+    config = family["config"](
+        **SHAPE, **family["shape"], vocab_size=len(tokenizer) + family["padding_rows"],
+        initializer_range=init_std, eos_token_id=[ids(t) for t in family["stops"]],
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = family["model"](config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    GenerationConfig(eos_token_id=eos, bos_token_id=tokenizer.bos_token_id).save_pretrained(str(out))
+    GenerationConfig(eos_token_id=config.eos_token_id,
+                     bos_token_id=tokenizer.bos_token_id).save_pretrained(str(out))
     return out
 
 
-def make_llama(out: Path, seed: int = 0, init_std: float = 0.3) -> Path:
-    """A 2-layer Llama (GQA, untied head, vocabulary = tokenizer size) saved as an HF folder."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(LLAMA_SPECIALS), bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>", chat_template=LLAMA_TEMPLATE, clean_up_tokenization_spaces=False)
-    ids = tokenizer.convert_tokens_to_ids
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-        tie_word_embeddings=False, bos_token_id=ids("<|begin_of_text|>"),
-        eos_token_id=[ids("<|end_of_text|>"), ids("<|eot_id|>")], initializer_range=init_std)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    return _save(model, tokenizer, [ids("<|end_of_text|>"), ids("<|eot_id|>")], out)
+#: Llama: GQA, untied head, vocabulary = tokenizer size. Qwen3: q/k norm, tied head, one padding
+#: row.
+FAMILIES = {
+    "llama": {"specials": LLAMA_SPECIALS, "config": LlamaConfig, "model": LlamaForCausalLM,
+              "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                         "chat_template": LLAMA_TEMPLATE},
+              "stops": ["<|end_of_text|>", "<|eot_id|>"], "padding_rows": 0,
+              "shape": {"num_key_value_heads": 1, "tie_word_embeddings": False}},
+    "qwen3": {"specials": QWEN_SPECIALS, "config": Qwen3Config, "model": Qwen3ForCausalLM,
+              "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                         "chat_template": QWEN_TEMPLATE},
+              "stops": ["<|im_end|>", "<|endoftext|>"], "padding_rows": 1,
+              "shape": {"num_key_value_heads": 2, "tie_word_embeddings": True}},
+}
 
 
-def make_qwen3(out: Path, seed: int = 0, init_std: float = 0.3) -> Path:
-    """A 2-layer Qwen3 (q/k norm, tied head, one padding row) saved as an HF folder."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(QWEN_SPECIALS), eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", chat_template=QWEN_TEMPLATE, clean_up_tokenization_spaces=False)
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen3Config(
-        vocab_size=len(tokenizer) + 1, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32,
-        max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=None,
-        eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
-        initializer_range=init_std)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    return _save(model, tokenizer, [ids("<|im_end|>"), ids("<|endoftext|>")], out)
-
-
-MAKERS = {"llama": make_llama, "qwen3": make_qwen3}
 
 
 def converted(kind: str, root: Path, ratios: list[int] | None = None) -> tuple[Path, Path]:
     """``(original, converted)`` folders of a tiny model made by ``breadcrumbs convert``."""
     from breadcrumbs_vllm.cli import main
 
-    original = MAKERS[kind](root / kind)
+    original = make(kind, root / kind)
     out = root / f"{kind}-beacon"
     ratio_text = ",".join(map(str, ratios or [2, 4, 8, 16]))
     assert main(["convert", "--model", str(original), "--ratios", ratio_text, "--out", str(out)]) == 0

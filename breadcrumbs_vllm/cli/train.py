@@ -2,12 +2,18 @@
 
 Runs are resumable: ``--resume`` continues the run recorded in ``--out`` (its recorded config
 wins), and ``--max-minutes`` stops cleanly with a checkpoint, so long runs go in chunks.
+
+``train student --data FILE --verifier V`` trains the student of a user's model (a
+``breadcrumbs convert`` folder) on the user's prompts: the frozen teacher samples rollouts with
+vLLM, the verifier scores them, the student distils them; ``--joint`` adds the teacher's GRPO step.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from breadcrumbs_vllm.cli.data_args import add_data_arguments, data_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,10 +54,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     student.add_argument("--init", default=None,
                          help="start from this student checkpoint instead of the teacher "
                               "(e.g. a warm start shared by the joint and sequential ablation arms)")
+    data = add_data_arguments(student, "your own data (the teacher is a `breadcrumbs convert` "
+                                       "folder)")
+    data.add_argument("--keep-correct", action="store_true",
+                      help="distil only the rollouts the verifier scores correct")
+    data.add_argument("--joint", action="store_true",
+                      help="with --data: the teacher takes its GRPO step on the same rollouts "
+                           "(default: the teacher stays as it is)")
+    student.add_argument("--rollout-engine", choices=("reference", "vllm"), default=None,
+                         help="what samples rollouts (default: vllm with --data, else reference)")
+    student.add_argument("--rollout-kv-gib", type=float, default=1.0,
+                         help="KV pool of the rollout vLLM engine, GiB (it shares the device)")
+    student.add_argument("--lora-rank", type=int, default=0,
+                         help="train LoRA adapters of this rank plus the beacon embedding row "
+                              "instead of all weights (the checkpoint is saved merged)")
     for s in (teacher, student):
         s.add_argument("--out", required=True, help="run / checkpoint folder (HF format)")
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--rl-steps", type=int, default=0, help="GRPO (student: rollout) steps")
+        if s is student:
+            s.add_argument("--rl-steps", "--steps", dest="rl_steps", type=int, default=0,
+                           help="rollout steps, each one optimiser step of the student")
+        else:
+            s.add_argument("--rl-steps", type=int, default=0, help="GRPO steps")
         s.add_argument("--rl-problems", type=int, default=8)
         s.add_argument("--group", type=int, default=8, help="sampled completions per problem")
         s.add_argument("--warmup", type=int, default=50,
@@ -73,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="bf16: forward passes under autocast, float32 weights; auto: bf16 "
                             "where the device computes bf16 natively, else no (the resolved "
                             "choice is recorded)")
+        s.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass (less memory, ~30%% "
+                            "more compute)")
         s.set_defaults(func=run)
 
 
@@ -112,7 +139,10 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
               "clip": args.clip, "kl_coef": args.kl_coef, "temperature": args.temperature,
               "max_tokens": args.max_tokens, "eval_every": args.eval_every, "eval_n": args.eval_n,
               "save_every": args.save_every, "warmup": args.warmup,
+              "gradient_checkpointing": args.gradient_checkpointing,
               "mixed_precision": resolve_mixed_precision(args.mixed_precision, native_bf16())}
+    if args.stage == "student":
+        args.sequential = frozen_teacher(args)
     # GRPO compares completions within a group; a frozen teacher (--sequential) runs none.
     min_group = 2 if args.stage == "teacher" or not args.sequential else 1
     if (args.rl_steps < 0 or args.warmup < 0 or args.kl_coef < 0
@@ -129,6 +159,37 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
         return TrainConfig(task=args.task, task_options=task_options, layers=args.layers,
                            hidden=args.hidden, sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
     return student_config(args, parse_ratio_list, common)
+
+
+def frozen_teacher(args: argparse.Namespace) -> bool:
+    """Whether the teacher stays as it is: ``--sequential``, or ``--data`` without ``--joint``
+    (a user's model is the teacher as it is unless asked otherwise)."""
+    if args.data is None:
+        if args.joint or args.keep_correct:
+            raise ValueError("--joint and --keep-correct go with --data (without it, the student "
+                             "trains jointly unless --sequential)")
+        return args.sequential
+    if args.joint and args.sequential:
+        raise ValueError("--joint and --sequential exclude each other")
+    return not args.joint
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The ``--data`` settings of a student run (empty without ``--data``), checked up front."""
+    if args.lora_rank < 0 or args.rollout_kv_gib <= 0:
+        raise ValueError("--lora-rank must be >= 0 and --rollout-kv-gib positive")
+    if args.lora_rank and args.on_policy:
+        raise ValueError("--lora-rank does not combine with --on-policy (the rollout engine needs "
+                         "the merged student every step)")
+    options = {"lora_rank": args.lora_rank, "rollout_kv_gib": args.rollout_kv_gib,
+               "rollout_engine": args.rollout_engine or ("vllm" if args.data else "reference")}
+    if args.data is None:
+        return options
+    from breadcrumbs_vllm.data import DataTask
+
+    spec = data_spec(args)
+    DataTask(spec)  # unreadable data, missing columns and unknown verifiers fail before training
+    return {**options, "data": spec.to_dict(), "keep_correct": args.keep_correct}
 
 
 def native_bf16() -> bool:
@@ -184,7 +245,7 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
     if not ratios:
         raise ValueError("--ratios needs at least one ratio >= 2")
     teacher = read_breadcrumbs_config(args.teacher)
-    task = teacher.task or "countdown"
+    task = "data" if args.data else teacher.task or "countdown"
     if args.trace_steps < 0 or args.trace_batch < 1 or args.trace_ce < 0:
         raise ValueError("--trace-steps and --trace-ce must be >= 0 and --trace-batch >= 1")
     if args.rl_steps + args.trace_steps < 1:
@@ -195,7 +256,8 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
     init = None
     if args.init is not None:
         init_bc = read_breadcrumbs_config(args.init)
-        if (init_bc.task or "countdown", init_bc.task_options) != (task, teacher.task_options):
+        if args.data is None and (init_bc.task or "countdown",
+                                  init_bc.task_options) != (task, teacher.task_options):
             raise ValueError(f"--init {args.init} was trained for another task (or other task "
                              "options) than the teacher")
         init = str(Path(args.init).resolve())
@@ -204,4 +266,4 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
                        sequential=args.sequential, on_policy=args.on_policy,
                        distill_lr=args.distill_lr, sft_steps=0,
                        trace_steps=args.trace_steps, sft_batch=args.trace_batch,
-                       trace_ce=args.trace_ce, init=init, **common)
+                       trace_ce=args.trace_ce, init=init, **data_options(args), **common)

@@ -51,6 +51,13 @@ class TrainConfig:
     # compute: "bf16" runs forward passes under autocast (accelerate's mixed precision, the usual
     # choice on GPUs); weights and optimiser state stay float32
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False  # recompute activations in the backward (long rollouts)
+    lora_rank: int = 0  # student: LoRA adapters of this rank (0: full fine-tuning); beacon row trains
+    # a user's data instead of a built-in task (``breadcrumbs_vllm.data.DataSpec`` fields)
+    data: dict | None = None
+    keep_correct: bool = False  # distil only rollouts the verifier scores correct
+    rollout_engine: str = "reference"  # or "vllm": an in-process vLLM engine samples rollouts
+    rollout_kv_gib: float = 1.0  # that engine's KV pool
     # bookkeeping
     eval_every: int = 250
     eval_n: int = 32

@@ -17,6 +17,11 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   ``on_policy`` (with ``sequential``) samples the rollouts from the student instead, with beacons
   at the ratios its step then trains on: the teacher labels the states the student's own decoding
   reaches, mistakes included, which traces and teacher samples never show it.
+* A user's model and data (``data``): the teacher is a ``breadcrumbs convert`` folder, problems
+  are rows of a data file scored by a verifier (:class:`~breadcrumbs_vllm.data.DataTask`), and
+  ``keep_correct`` distils only the rollouts the verifier accepts. ``rollout_engine="vllm"``
+  samples rollouts with an in-process vLLM engine (:mod:`~breadcrumbs_vllm.training.rollouts`);
+  ``lora_rank`` trains the student through LoRA adapters plus its beacon embedding row.
 
 Every step is a pure function of (config, step): problems, sampling seeds and ratios derive from
 the seed and the step number, so ``--resume`` continues exactly where a run stopped. Checkpoints
@@ -44,10 +49,11 @@ from breadcrumbs_vllm.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from breadcrumbs_vllm.data import DataSpec, DataTask
 from breadcrumbs_vllm.evaluation.runner import Evaluator, chat_prompt_ids
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
 from breadcrumbs_vllm.tasks import Problem, Task, get_task
-from breadcrumbs_vllm.tokenizer import build_tokenizer
+from breadcrumbs_vllm.tokenizer import build_tokenizer, load_tokenizer, pad_token_id
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
     distill_kl,
@@ -58,6 +64,7 @@ from breadcrumbs_vllm.training.losses import (
     token_logprobs,
 )
 from breadcrumbs_vllm.training.mask import BeaconBatch, build_beacon_batch
+from breadcrumbs_vllm.training.rollouts import VllmSampler
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "training_config.json"
@@ -104,6 +111,15 @@ class Rollouts:
     #: (:meth:`BeaconBatch.gather`), computed without beacons.
     teacher_logits: torch.Tensor
 
+    def correct_only(self) -> Rollouts:
+        """The rollouts with a positive reward (``--keep-correct``), logits cut to match."""
+        keep = [bool(r > 0) for r in self.rewards]
+        chunks = self.teacher_logits.split([len(g) for g in self.generations])
+        logits = [c for c, k in zip(chunks, keep) if k]
+        return Rollouts([p for p, k in zip(self.prompts, keep) if k],
+                        [g for g, k in zip(self.generations, keep) if k], self.rewards[keep],
+                        torch.cat(logits) if logits else self.teacher_logits[:0])
+
 
 class Run:
     """One training run: models, optimisers, the step counter, checkpoints and the log."""
@@ -114,13 +130,16 @@ class Run:
         self.teacher_out = teacher_out
         self.acc = Accelerator(cpu=not torch.cuda.is_available(),
                                mixed_precision=cfg.mixed_precision)
-        self.task = get_task(cfg.task, **cfg.task_options)
+        self.task = (DataTask(DataSpec(**cfg.data)) if cfg.data
+                     else get_task(cfg.task, **cfg.task_options))
         self.step = 0
         self.log: list[dict] = []
         self.reference = None  # frozen copy of the teacher when RL starts (--kl-coef > 0)
-        # The project tokenizer; a checkpoint's loaded tokenizer gives the same ids
-        # (tests/test_tokenizer.py), so what is trained is what vLLM serves.
-        self.tokenizer = build_tokenizer()
+        self.sampler: VllmSampler | None = None  # started by the first vLLM rollout batch
+        # A user's model brings its own tokenizer. Otherwise the project tokenizer; a
+        # checkpoint's loaded tokenizer gives the same ids (tests/test_tokenizer.py), so what is
+        # trained is what vLLM serves.
+        self.tokenizer = load_tokenizer(cfg.teacher) if cfg.data else build_tokenizer()
         resume = (out / STATE_FILE).is_file()
         if cfg.stage == "teacher":
             self._init_teacher(resume)
@@ -140,6 +159,8 @@ class Run:
             model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
                                            ratios=cfg.ratios, task=cfg.task,
                                            task_options=cfg.task_options)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
         self.teacher = self.acc.prepare(model.train())
         self.teacher_opt = self.acc.prepare(torch.optim.AdamW(self.teacher.parameters(), lr=cfg.lr,
                                                               weight_decay=0.0))
@@ -150,13 +171,19 @@ class Run:
         if cfg.teacher is None:
             raise ValueError("the student needs --teacher PATH")
         teacher, _, self.bc = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
-        if resume:
+        if resume and not cfg.lora_rank:  # LoRA resumes its adapters on the base (_load_state)
             student, _, _ = load_checkpoint(self.out, attn_implementation="sdpa")
         elif cfg.init is not None:  # e.g. a warm-started student, shared by the ablation's two arms
             student, _, _ = load_checkpoint(cfg.init, attn_implementation="sdpa")
         else:
             student, _, _ = load_checkpoint(cfg.teacher, attn_implementation="sdpa")
-            init_beacon_embedding(student, self.bc.beacon_token_id)
+            if cfg.data is None:  # `breadcrumbs convert` initialised a user model's beacon row
+                init_beacon_embedding(student, self.bc.beacon_token_id)
+        if cfg.lora_rank:
+            student = with_lora(student, cfg.lora_rank, self.bc.beacon_token_id)
+        if cfg.gradient_checkpointing:
+            for model in (teacher, student):
+                model.gradient_checkpointing_enable({"use_reentrant": False})
         self.bc.ratios = sorted(cfg.ratios)
         self.bc.teacher = os.path.relpath(self.teacher_out or cfg.teacher, self.out)
         self.teacher = self.acc.prepare(teacher.train())
@@ -262,12 +289,15 @@ class Run:
         prompts = [chat_prompt_ids(engine, p) for p in problems for _ in range(cfg.group)]
         ratios = self.step_ratios(len(prompts)) if cfg.on_policy else [None] * len(prompts)
         base = step_seed(cfg, self.step, 3, self.acc.process_index)
-        results = engine.generate([
-            GenerationRequest(prompt, ratio=ratio, max_tokens=cfg.max_tokens,
-                              temperature=cfg.temperature, seed=base + i)
-            for i, (prompt, ratio) in enumerate(zip(prompts, ratios))])
-        policy.train()
-        generations = [r.token_ids for r in results]
+        if cfg.rollout_engine == "vllm":
+            generations = self.vllm_rollouts(policy, prompts, ratios, base)
+        else:
+            results = engine.generate([
+                GenerationRequest(prompt, ratio=ratio, max_tokens=cfg.max_tokens,
+                                  temperature=cfg.temperature, seed=base + i)
+                for i, (prompt, ratio) in enumerate(zip(prompts, ratios))])
+            policy.train()
+            generations = [r.token_ids for r in results]
         rewards = torch.tensor([
             self.task.verify(p, self.tokenizer.decode(g, skip_special_tokens=True))
             for p, g in zip((p for p in problems for _ in range(cfg.group)), generations)])
@@ -276,9 +306,27 @@ class Run:
             logits = self.predict(self.teacher, batch)
         return Rollouts(prompts, generations, rewards, logits)
 
+    def vllm_rollouts(self, policy, prompts: list[list[int]], ratios: list[int | None],
+                      seed: int) -> list[list[int]]:
+        """Sample with the in-process vLLM engine; a policy that trains is synced first."""
+        cfg = self.cfg
+        if self.sampler is None:
+            longest = max(len(p) for p in prompts)
+            if isinstance(self.task, DataTask):  # every row's chat prompt must fit, not this batch's
+                longest = max(len(self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
+                    tokenize=True, return_dict=False)) for row in self.task.rows)
+            # The teacher's folder: the frozen teacher itself, else an architecture that the
+            # weights pushed below fill (a student has its teacher's shapes and vocabulary).
+            self.sampler = VllmSampler(cfg.teacher, longest + 2 * cfg.max_tokens + 1,
+                                       cfg.rollout_kv_gib, cfg.seed)
+        if cfg.on_policy or not cfg.sequential:  # the sampling policy's weights move every step
+            self.sampler.load_weights(self.acc.unwrap_model(policy))
+        return self.sampler.sample(prompts, ratios, cfg.max_tokens, cfg.temperature, seed)
+
     def batch(self, prompts, generations, ratios) -> BeaconBatch:
         return build_beacon_batch(prompts, generations, ratios, self.bc.beacon_token_id,
-                                  self.tokenizer.pad_token_id).to(self.acc.device)
+                                  pad_token_id(self.tokenizer)).to(self.acc.device)
 
     @staticmethod
     def predict(model, batch: BeaconBatch) -> torch.Tensor:
@@ -333,7 +381,10 @@ class Run:
                 metrics = self.student_step(self.trace_rollouts(), cfg.trace_ce)
             else:
                 metrics, rollouts = self.rollout_step()
-                if self.student is not None:
+                if self.student is not None and cfg.keep_correct:
+                    rollouts = rollouts.correct_only()
+                    metrics["kept"] = len(rollouts.prompts)
+                if self.student is not None and rollouts.prompts:
                     metrics.update(self.student_step(rollouts))
             self.step += 1
             if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
@@ -346,6 +397,9 @@ class Run:
                 self.save()
         bar.close()
         self.save()
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
         return self.step >= cfg.total_steps
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -362,6 +416,11 @@ class Run:
             if self.teacher_opt is not None:  # joint: the teacher moves too
                 state["teacher"] = self.acc.unwrap_model(self.teacher).state_dict()
         model = self.acc.unwrap_model(self.student if self.student is not None else self.teacher)
+        if self.cfg.lora_rank and self.student is not None:
+            from peft import get_peft_model_state_dict
+
+            state["lora"] = get_peft_model_state_dict(model)
+            model = merged_copy(model)  # the checkpoint is a plain HF folder vLLM loads
         extra = {CONFIG_FILE: self.cfg.to_json(),
                  LOG_FILE: "".join(json.dumps(row) + "\n" for row in self.log)}
 
@@ -380,6 +439,10 @@ class Run:
         self.step, self.log = state["step"], state["log"]
         if state.get("teacher") is not None:
             self.acc.unwrap_model(self.teacher).load_state_dict(state["teacher"])
+        if state.get("lora") is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.acc.unwrap_model(self.student), state["lora"])
         if state.get("reference") is not None:
             self.reference = frozen_copy(self.acc.unwrap_model(self.teacher))
             self.reference.load_state_dict(state["reference"])
@@ -394,6 +457,25 @@ def frozen_copy(model):
     copy = type(model)(model.config).to(model.device)
     copy.load_state_dict(model.state_dict())
     return copy.eval().requires_grad_(False)
+
+
+def with_lora(model, rank: int, beacon_id: int):
+    """LoRA adapters (rank ``rank``, alpha ``2 * rank``) on every linear layer but the LM head,
+    and the beacon's embedding row as a trainable token: the teacher never saw ``<beacon>``, so
+    the row must learn whatever the adapters do."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                            target_modules="all-linear",
+                                            trainable_token_indices=[beacon_id]))
+
+
+def merged_copy(peft_model):
+    """The adapted model as a plain transformers model (adapters and token rows merged), leaving
+    the training model as it is."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()
 
 
 def init_beacon_embedding(model, beacon_id: int) -> None:
