@@ -3,9 +3,11 @@
     python loadtests/gateway_load.py --url http://127.0.0.1:8000 --requests 200 \
         --concurrency 8 --ratios none,4,8,auto --max-tokens 64 [--api-key KEY]
 
-Mixes chat and completions, streaming and not, over the given ratios; prints one JSON summary
-(latency percentiles, TTFT, tokens/s, statuses, KV usage and blocks saved from ``/metrics``).
-Exit code 1 when any request got a 5xx or failed to connect.
+Mixes chat and completions, streaming and not, over the given ratios; ``--abort-fraction`` of all
+requests are streams the client closes after their first few events (the gateway must abort them
+and free their KV blocks). Prints one JSON summary (latency percentiles, TTFT, tokens/s, statuses,
+KV usage and blocks saved from ``/metrics``). Exit code 1 when any request got a 5xx or failed
+to connect.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from urllib.parse import urlparse
 import httpx
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-MAX_REQUESTS, MAX_SECONDS, MAX_CONCURRENCY = 10_000, 1800, 64
+MAX_REQUESTS, MAX_SECONDS, MAX_CONCURRENCY = 20_000, 1800, 64
+#: Streamed events an aborting client reads before it closes the connection (mid-stream).
+ABORT_AFTER_EVENTS = 3
 
 
 def loopback_url(url: str) -> str:
@@ -82,15 +86,27 @@ def _payload(i: int, ratio: str, model: str, max_tokens: int) -> tuple[str, dict
     return "/v1/completions", {**common, "prompt": f"{i}+{i * 7}="}
 
 
-async def _one(client: httpx.AsyncClient, path: str, body: dict, results: Results) -> None:
+def aborts(i: int, fraction: float) -> bool:
+    """Whether request ``i`` is aborted: streams only (odd ``i``), spread evenly so that
+    ``fraction`` of all requests (at most half: every stream) are."""
+    share = 2 * fraction
+    return i % 2 == 1 and int((i // 2 + 1) * share) > int(i // 2 * share)
+
+
+async def _one(client: httpx.AsyncClient, path: str, body: dict, results: Results,
+               abort: bool = False) -> None:
     start = time.monotonic()
     try:
         if body["stream"]:
             async with client.stream("POST", path, json=body) as resp:
-                first = None
+                first, events = None, 0
                 async for line in resp.aiter_lines():
                     if line.startswith("data: ") and first is None:
                         first = time.monotonic() - start
+                    events += line.startswith("data: ")
+                    if abort and resp.status_code == 200 and events >= ABORT_AFTER_EVENTS:
+                        results.add_status("aborted")
+                        return  # leaving the block closes the connection mid-stream
                     if line.startswith("data: {") and '"usage":{' in line:
                         results.tokens += json.loads(line[6:])["usage"]["completion_tokens"]
                 if first is not None:
@@ -109,7 +125,7 @@ async def _one(client: httpx.AsyncClient, path: str, body: dict, results: Result
 
 
 async def run_load(url: str, requests: int, seconds: float, concurrency: int, ratios: list[str],
-                   max_tokens: int, api_key: str | None) -> dict:
+                   max_tokens: int, api_key: str | None, abort_fraction: float = 0.0) -> dict:
     """Send up to ``requests`` requests within ``seconds``; return the summary dict."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     results = Results()
@@ -123,7 +139,7 @@ async def run_load(url: str, requests: int, seconds: float, concurrency: int, ra
         async def worker() -> None:
             while time.monotonic() < deadline and (i := next(counter)) < requests:
                 path, body = _payload(i, ratios[i % len(ratios)], model, max_tokens)
-                await _one(client, path, body, results)
+                await _one(client, path, body, results, aborts(i, abort_fraction))
 
         async def watch_kv() -> None:
             while True:
@@ -157,6 +173,8 @@ def build_parser(seconds_default: float = 120) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--ratios", default="none,4,8,auto")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--abort-fraction", type=float, default=0.0,
+                   help="share of all requests that are streams closed mid-stream (0-0.5)")
     p.add_argument("--api-key")
     return p
 
@@ -166,9 +184,9 @@ def parse_bounded(p: argparse.ArgumentParser, argv: list[str] | None) -> argpars
     args = p.parse_args(argv)
     args.url = loopback_url(args.url)
     if not (0 < args.requests <= MAX_REQUESTS and 0 < args.seconds <= MAX_SECONDS
-            and 0 < args.concurrency <= MAX_CONCURRENCY):
+            and 0 < args.concurrency <= MAX_CONCURRENCY and 0 <= args.abort_fraction <= 0.5):
         p.error(f"bounds: requests <= {MAX_REQUESTS}, seconds <= {MAX_SECONDS}, "
-                f"concurrency <= {MAX_CONCURRENCY}")
+                f"concurrency <= {MAX_CONCURRENCY}, abort fraction in [0, 0.5]")
     args.ratios = [r.strip() for r in args.ratios.split(",") if r.strip()]
     return args
 
@@ -176,7 +194,7 @@ def parse_bounded(p: argparse.ArgumentParser, argv: list[str] | None) -> argpars
 def main(argv: list[str] | None = None) -> int:
     a = parse_bounded(build_parser(), argv)
     summary = asyncio.run(run_load(a.url, a.requests, a.seconds, a.concurrency, a.ratios,
-                                   a.max_tokens, a.api_key))
+                                   a.max_tokens, a.api_key, a.abort_fraction))
     print(json.dumps(summary, indent=2))
     return 1 if summary["failed"] else 0
 

@@ -1,12 +1,18 @@
-"""Soak test for a running gateway: rounds of load, then checks that nothing leaks.
+"""Soak test for a running gateway: rounds of mixed load, then checks that nothing leaks.
 
-    python loadtests/gateway_soak.py --url http://127.0.0.1:8000 --seconds 600 --concurrency 4
+    python loadtests/gateway_soak.py --url http://127.0.0.1:8000 --requests 10000 \
+        --seconds 1800 --round-seconds 60 --concurrency 8 --ratios none,4,8,auto \
+        --abort-fraction 0.2 --max-tokens 64
 
-Each round runs ``gateway_load`` for ``--round-seconds``; between rounds it waits for the engine
-to drain and checks that: no request got a 5xx, no request is left running, KV usage is back
-to its starting level after a 1-token probe (blocks were returned), and the gateway's resident
-memory grew less than ``--max-rss-growth-mib``. Bounded in time and loopback only, like the
-load test. Prints one JSON line per round; exit code 1 on the first failed check.
+Each round runs ``gateway_load`` (chat and completions, streaming and not, the given ratios,
+``--abort-fraction`` of the requests closed mid-stream) for ``--round-seconds``; then it waits
+for the engine to drain, sends one 1-token probe (an abort that arrives while the engine is idle
+frees its blocks without an engine step, so vLLM's gauges update only at the next step) and
+checks from ``/metrics`` that: no request got a 5xx, nothing runs or waits, vLLM's KV usage is 0
+and the plugin holds no block (``breadcrumbs_kv_blocks_held``), and the gateway's resident
+memory grew less than ``--max-rss-growth-mib``. Bounded in requests and time, loopback only, like
+the load test. Prints one JSON line per round (with throughput and preemptions in the round) and
+a final summary line; exit code 1 on the first failed check.
 """
 
 from __future__ import annotations
@@ -19,22 +25,50 @@ import time
 import httpx
 from gateway_load import build_parser, parse_bounded, run_load, scrape
 
+MIB = 1 << 20
+
 
 def probe(url: str, headers: dict[str, str]) -> None:
-    """A 1-token request: its last engine step reports KV usage after every free."""
+    """A 1-token request: its engine step publishes the KV state after every free before it."""
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         model = client.get("/v1/models").json()["data"][0]["id"]
-        client.post("/v1/completions", json={"model": model, "prompt": "a", "max_tokens": 1}
-                    ).raise_for_status()
+        client.post("/v1/completions", json={"model": model, "prompt": "a", "max_tokens": 1,
+                                             "compression_ratio": None}).raise_for_status()
 
 
-def drained(url: str, timeout: float = 60.0) -> dict[str, float]:
+def in_flight(samples: dict[str, float]) -> float:
+    return samples.get("vllm:num_requests_running", 0.0) + samples.get(
+        "vllm:num_requests_waiting", 0.0)
+
+
+def drained(url: str, headers: dict[str, str], timeout: float = 120.0) -> dict[str, float]:
+    """``/metrics`` once nothing runs or waits (or ``timeout`` passed), after one probe."""
     deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(None, url)
-        if samples.get("vllm:num_requests_running", 0.0) == 0 or time.monotonic() > deadline:
-            return samples
+    while in_flight(scrape(None, url)) and time.monotonic() < deadline:
         time.sleep(0.5)
+    probe(url, headers)
+    return scrape(None, url)
+
+
+def leftovers(samples: dict[str, float], rss_start: float) -> dict[str, float]:
+    """What a drained gateway still holds: all of it must be 0 but the memory growth."""
+    return {
+        "in_flight": in_flight(samples),
+        "vllm_kv_usage": samples.get("vllm:kv_cache_usage_perc", 0.0),
+        "plugin_blocks_held": samples.get("breadcrumbs_kv_blocks_held", 0.0),
+        "rss_growth_mib": round((samples.get("process_resident_memory_bytes", 0.0) - rss_start)
+                                / MIB, 1),
+    }
+
+
+def passed(failed: int, held: dict[str, float], max_rss_growth_mib: float) -> dict[str, bool]:
+    return {
+        "no_5xx": failed == 0,
+        "drained": held["in_flight"] == 0,
+        "no_kv_blocks_in_use": held["vllm_kv_usage"] == 0,
+        "no_plugin_blocks_held": held["plugin_blocks_held"] == 0,
+        "rss_bounded": held["rss_growth_mib"] < max_rss_growth_mib,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,30 +77,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth-mib", type=float, default=512.0)
     a = parse_bounded(parser, argv)
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
-    probe(a.url, headers)
-    start_samples = drained(a.url)
-    kv_start = start_samples.get("vllm:kv_cache_usage_perc", 0.0)
-    rss_start = start_samples.get("process_resident_memory_bytes", 0.0)
-    end = time.monotonic() + a.seconds
+    start = drained(a.url, headers)
+    rss_start = start.get("process_resident_memory_bytes", 0.0)
+    sent, failed, aborted, previous = 0, 0, 0, start
+    began = time.monotonic()
+    end = began + a.seconds
     round_no = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and sent < a.requests:
         round_no += 1
-        seconds = min(a.round_seconds, end - time.monotonic())
-        summary = asyncio.run(run_load(a.url, a.requests, seconds, a.concurrency, a.ratios,
-                                       a.max_tokens, a.api_key))
-        samples = drained(a.url)
-        probe(a.url, headers)
-        samples = scrape(None, a.url)
-        checks = {
-            "no_5xx": summary["failed"] == 0,
-            "none_running": samples.get("vllm:num_requests_running", 0.0) == 0,
-            "kv_back_to_start": samples.get("vllm:kv_cache_usage_perc", 0.0) <= kv_start,
-            "rss_bounded": samples.get("process_resident_memory_bytes", 0.0) - rss_start
-            < a.max_rss_growth_mib * (1 << 20),
-        }
-        print(json.dumps({"round": round_no, **summary, "checks": checks}), flush=True)
+        summary = asyncio.run(run_load(
+            a.url, a.requests - sent, min(a.round_seconds, end - time.monotonic()),
+            a.concurrency, a.ratios, a.max_tokens, a.api_key, a.abort_fraction))
+        samples = drained(a.url, headers)
+        sent += summary["requests"]
+        failed += summary["failed"]
+        aborted += summary["statuses"].get("aborted", 0)
+        held = leftovers(samples, rss_start)
+        checks = passed(summary["failed"], held, a.max_rss_growth_mib)
+        print(json.dumps({
+            "round": round_no, "at_s": round(time.monotonic() - began, 1), **summary,
+            "requests_per_s": round(summary["requests"] / summary["seconds"], 2),
+            "preemptions": samples.get("vllm:num_preemptions_total", 0.0)
+            - previous.get("vllm:num_preemptions_total", 0.0),
+            "after_drain": held, "checks": checks}), flush=True)
+        previous = samples
         if not all(checks.values()):
             return 1
+    held = leftovers(previous, rss_start)
+    print(json.dumps({
+        "summary": True, "requests": sent, "rounds": round_no, "failed_5xx": failed,
+        "aborted_mid_stream": aborted, "seconds": round(time.monotonic() - began, 1),
+        "preemptions": previous.get("vllm:num_preemptions_total", 0.0)
+        - start.get("vllm:num_preemptions_total", 0.0),
+        "kv_blocks_saved": previous.get("breadcrumbs_gateway_kv_blocks_saved_total", 0.0)
+        - start.get("breadcrumbs_gateway_kv_blocks_saved_total", 0.0),
+        "after_drain": held, "checks": passed(failed, held, a.max_rss_growth_mib)}), flush=True)
     return 0
 
 

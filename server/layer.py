@@ -74,7 +74,8 @@ class CompressionLayer:
             account = RequestAccount(label, self._take_ratio(body))
             self._apply_caps(body, cap_fields)
             _refuse_what_cannot_compress(body, account.requested)
-            if account.requested == "auto":
+            auto = account.requested == "auto"
+            if auto:
                 account.requested = await self.backend.resolve_auto(label, body)
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
@@ -94,6 +95,8 @@ class CompressionLayer:
         finally:
             CURRENT_ACCOUNT.reset(token)
             scope["state"]["ratio"] = metrics.ratio_label(account.ratio)
+            if auto and (account.generations or account.requested != "auto"):  # resolved
+                metrics.AUTO_CHOSEN.labels(metrics.ratio_label(account.ratio)).inc()
             self._count(account)
 
     def _take_ratio(self, body: dict[str, Any]):

@@ -37,6 +37,8 @@ KV_BLOCKS_SAVED = Counter("breadcrumbs_gateway_kv_blocks_saved",
                           "KV blocks compression saved at request end", ["ratio"])
 BEACONS = Counter("breadcrumbs_gateway_beacons_inserted", "Beacons fed (from the schedule)",
                   ["ratio"])
+AUTO_CHOSEN = Counter("breadcrumbs_gateway_auto_ratio_chosen",
+                      "Requests that asked for \"auto\", by the ratio it chose", ["ratio"])
 
 
 def ratio_label(ratio: int | None) -> str:

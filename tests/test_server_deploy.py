@@ -1,7 +1,9 @@
-"""The deployment files parse, wire up to each other, and chart only metrics that exist."""
+"""The deployment files parse, wire up to each other, and chart only metrics that exist; the
+alert rules pass promtool; a dead engine ends the gateway with the status supervisors restart on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -12,6 +14,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import server.metrics  # noqa: F401 -- registers the gateway metrics
+from server.engines.watchdog import ENGINE_DEAD_EXIT_CODE, EngineWatchdog
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -51,6 +54,8 @@ def test_dashboard_queries_use_existing_metrics():
 def test_compose_prometheus_and_grafana_are_wired():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert {"gateway", "prometheus", "grafana"} <= set(compose["services"])
+    # The gateway exits non-zero when its engine dies; compose must start it again.
+    assert compose["services"]["gateway"]["restart"] in ("unless-stopped", "always", "on-failure")
     assert all(port.startswith("127.0.0.1:") for svc in compose["services"].values()
                for port in svc.get("ports", []))
     prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
@@ -69,6 +74,8 @@ def test_k8s_probes_hit_real_endpoints():
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["readinessProbe"]["failureThreshold"] == 1  # a dead engine: out at once
+    assert deployment["spec"]["template"]["spec"].get("restartPolicy", "Always") == "Always"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     env = {e["name"] for e in container["env"]}
     assert {"BREADCRUMBS_HOST", "BREADCRUMBS_API_KEYS"} <= env
@@ -118,3 +125,29 @@ def test_prometheus_config_and_alert_rules_pass_promtool():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+class _Engine:
+    errored = False
+
+
+def _watch(engine: _Engine, stop_first: bool) -> list[int]:
+    exits: list[int] = []
+
+    async def scenario() -> None:
+        dog = EngineWatchdog(engine, grace_s=0.05, poll_s=0.01, exit=exits.append)
+        dog.start()
+        await asyncio.sleep(0.05)
+        if stop_first:
+            dog.stop()  # a deliberate shutdown makes the engine errored too: no exit then
+        engine.errored = True
+        await asyncio.sleep(0.2)
+        dog.stop()
+
+    asyncio.run(scenario())
+    return exits
+
+
+def test_engine_death_exits_with_the_status_supervisors_restart_on():
+    assert _watch(_Engine(), stop_first=False) == [ENGINE_DEAD_EXIT_CODE] != [0]
+    assert _watch(_Engine(), stop_first=True) == []

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, KVState, RatioPolicy
 from server.engines.base import EngineBackend
+from server.engines.watchdog import EngineWatchdog
 from server.memory import KVPool
 from server.metrics import engine_kv_state
 from server.settings import Settings
@@ -199,6 +200,7 @@ class EmbeddedBackend(EngineBackend):
         self.engine = None
         self.pool: KVPool | None = None
         self._app: ASGIApp | None = None
+        self._watchdog: EngineWatchdog | None = None
 
     def start_engine(self) -> None:
         """Start ``AsyncLLM`` (blocking: tens of seconds). ``breadcrumbs serve`` calls this
@@ -230,8 +232,12 @@ class EmbeddedBackend(EngineBackend):
         app = build_app(self.args, tasks, self.engine.model_config)
         await init_app_state(self.client, app.state, self.args, tasks)
         self._app = app
+        self._watchdog = EngineWatchdog(self.engine)
+        self._watchdog.start()
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
