@@ -39,17 +39,18 @@ def write_json(rows: Sequence[EvalRow], path: Path) -> None:
     path.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
 
 
-def _accuracy_axes():
+def _accuracy_axes(width: float = 6.4):
     """A figure for an accuracy plot, on the file-only backend (no display on a server)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(6.4, 4.2))
+    return plt.subplots(figsize=(width, 4.2))
 
 
-def _save(fig, ax, path: Path, title: str, xlabel: str) -> None:
+def _save(fig, ax, path: Path, title: str, xlabel: str, legend_outside: bool = False) -> None:
+    """Labels, title, legend (beside the axes when there are many lines), then the file."""
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
@@ -57,7 +58,10 @@ def _save(fig, ax, path: Path, title: str, xlabel: str) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(textwrap.fill(title, 72), fontsize=10)  # titles name model, seed, held-out set
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend_outside:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -178,10 +182,11 @@ def combine_budget_runs(paths: Sequence[Path]) -> tuple[str, list[EvalRow]]:
 
 def plot_budget_sweep(rows: Sequence[EvalRow], path: Path, title: str) -> None:
     """Accuracy against the shared KV budget ``B``: one line per method, AUAC in the legend."""
-    fig, ax = _accuracy_axes()
+    fig, ax = _accuracy_axes(width=8.4)
     areas = auac_by_method(rows)
     for name, points in budget_curves(rows).items():
         style = "o-" if name == "teacher" or name.startswith("c=") else "s--"
         label = name if areas[name] is None else f"{name} (AUAC {areas[name]:.3f})"
         ax.plot([b for b, _ in points], [a for _, a in points], style, label=label)
-    _save(fig, ax, path, title, "KV budget B per sequence (entries, prompt included)")
+    _save(fig, ax, path, title, "KV budget B per sequence (entries, prompt included)",
+          legend_outside=True)
