@@ -1,7 +1,7 @@
 """Scheduler side: beacon insertion into the token sequence and block accounting by physical length.
 
 ``BreadcrumbsScheduler`` is selected through ``SchedulerConfig.scheduler_cls`` for beacon models
-only. It keeps ``Request.num_computed_tokens`` and the token list *logical* (beacons included,
+only, and runs vLLM's own code until a compressed request arrives. While one is live it keeps ``Request.num_computed_tokens`` and the token list *logical* (beacons included,
 so positions and preemption replay come for free) and sizes KV blocks by the *physical* length
 ``[prompt | beacons | current window]``, returning tail blocks to the ``BlockPool`` as soon as a
 window is evicted.
@@ -22,7 +22,8 @@ class PhysicalBlockAccountant(KVCacheManager):
     """``KVCacheManager`` that holds compressed requests to ``ceil(physical_len / block_size)``.
 
     vLLM's ``Scheduler`` builds its ``KVCacheManager`` itself (no factory), so the scheduler
-    re-classes its instance into this subclass and calls :meth:`attach`. Uncompressed requests and
+    calls :meth:`attach` on its instance and re-classes it into this subclass while compressed
+    requests are live (and back to its own class after). Uncompressed requests and
     prompt chunks (where physical == logical) take the stock path; every later chunk of a
     compressed request allocates or frees exactly the blocks its physical end needs, never caches
     (decode blocks are overwritten in place, so their logical hashes would lie) and frees tail
@@ -33,6 +34,7 @@ class PhysicalBlockAccountant(KVCacheManager):
     stats: CompressionStats
 
     def attach(self, compressed: dict[str, RequestCompression], stats: CompressionStats) -> None:
+        """Give a manager (of any class: called before it is re-classed) the shared state."""
         assert self.num_kv_cache_groups == 1, "beacon models have one full-attention KV group"
         self.compressed = compressed
         self.stats = stats
@@ -71,15 +73,14 @@ class PhysicalBlockAccountant(KVCacheManager):
 
 
 class BreadcrumbsScheduler(Scheduler):
-    """vLLM's scheduler plus the three Breadcrumbs rules it must enforce.
+    """vLLM's scheduler for a beacon model: stock until a compressed request arrives.
 
-    1. After a window's last token is sampled, the beacon goes into the request's token list
-       *before* the sampled token ``y`` (rule 2); it is not an output token, so ``max_tokens``,
-       usage and streaming never see it (rule 4).
-    2. Chunks end at the prompt's end and at every beacon (:meth:`RequestCompression.chunk_limit`),
-       so the beacon step's sample is discarded like a partial prefill's and the worker can evict
-       between the beacon and ``y``. Preemption replay is then window by window automatically.
-    3. Prefix-cache hits of compressed requests stop inside the prompt.
+    It only overrides :meth:`add_request`, to notice compressed requests. The first one switches
+    the instance to :class:`CompressingScheduler` and its ``KVCacheManager`` to
+    :class:`PhysicalBlockAccountant`; once the last one is freed and its final counts are
+    shipped, both switch back. So a beacon model serving uncompressed requests runs vLLM's own
+    scheduling and block accounting and ships no extra stats. Invariant relied on: while
+    ``compressed`` is not empty, the instance is a :class:`CompressingScheduler`.
     """
 
     def __init__(self, vllm_config, *args, **kwargs) -> None:
@@ -89,14 +90,46 @@ class BreadcrumbsScheduler(Scheduler):
         self.beacon_model = beacon_model
         self.compressed: dict[str, RequestCompression] = {}
         self.compression_stats = CompressionStats()
-        self.kv_cache_manager.__class__ = PhysicalBlockAccountant
-        self.kv_cache_manager.attach(self.compressed, self.compression_stats)
+        self._stock_manager_cls = type(self.kv_cache_manager)
+        PhysicalBlockAccountant.attach(self.kv_cache_manager, self.compressed,
+                                       self.compression_stats)
 
     def add_request(self, request: Request) -> None:
         comp = self.beacon_model.compression(request.num_prompt_tokens, request.sampling_params)
         if comp is not None:
             self.compressed[request.request_id] = comp
+            self.__class__ = CompressingScheduler
+            self.kv_cache_manager.__class__ = PhysicalBlockAccountant
         super().add_request(request)
+
+    def _holdings(self) -> dict[int, tuple[int, int]]:
+        """Per ratio: (blocks held, blocks the same requests would hold uncompressed)."""
+        out: dict[int, tuple[int, int]] = {}
+        for req_id, comp in self.compressed.items():
+            request = self.requests.get(req_id)
+            held = self.kv_cache_manager.blocks_held(req_id)
+            if request is None or held == 0:
+                continue
+            block_size = self.kv_cache_manager.kv_block_size
+            uncompressed = -(-(comp.prompt_len + request.num_output_tokens) // block_size)
+            h, u = out.get(comp.ratio, (0, 0))
+            out[comp.ratio] = (h + held, u + uncompressed)
+        return out
+
+
+class CompressingScheduler(BreadcrumbsScheduler):
+    """The scheduler while compressed requests are live: the three Breadcrumbs rules it enforces.
+
+    1. After a window's last token is sampled, the beacon goes into the request's token list
+       *before* the sampled token ``y`` (rule 2); it is not an output token, so ``max_tokens``,
+       usage and streaming never see it (rule 4).
+    2. Chunks end at the prompt's end and at every beacon (:meth:`RequestCompression.chunk_limit`),
+       so the beacon step's sample is discarded like a partial prefill's and the worker can evict
+       between the beacon and ``y``. Preemption replay is then window by window automatically.
+    3. Prefix-cache hits of compressed requests stop inside the prompt.
+
+    Uncompressed requests pass each override with one dict lookup.
+    """
 
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
         num_new_tokens = super()._reserve_prefill_lookahead(
@@ -131,22 +164,17 @@ class BreadcrumbsScheduler(Scheduler):
         return result
 
     def make_stats(self, *args, **kwargs):
-        """vLLM's step stats plus the plugin's counts, for the front end's stat logger."""
+        """vLLM's step stats plus the plugin's counts, for the front end's stat logger.
+
+        Called once per step (at the end of ``update_from_output``) whether or not stats are
+        logged, so it is where the scheduler returns to the stock path: after the step that
+        freed the last compressed request has shipped its counts and empty holdings (which
+        drop the held/saved gauges to 0).
+        """
         stats = super().make_stats(*args, **kwargs)
         if stats is not None:  # None when the engine runs without stats (``log_stats``)
             self.compression_stats.attach(stats, self._holdings())
+        if not self.compressed:
+            self.__class__ = BreadcrumbsScheduler
+            self.kv_cache_manager.__class__ = self._stock_manager_cls
         return stats
-
-    def _holdings(self) -> dict[int, tuple[int, int]]:
-        """Per ratio: (blocks held, blocks the same requests would hold uncompressed)."""
-        block_size = self.kv_cache_manager.kv_block_size
-        out: dict[int, tuple[int, int]] = {}
-        for req_id, comp in self.compressed.items():
-            request = self.requests.get(req_id)
-            held = self.kv_cache_manager.blocks_held(req_id)
-            if request is None or held == 0:
-                continue
-            uncompressed = -(-(comp.prompt_len + request.num_output_tokens) // block_size)
-            h, u = out.get(comp.ratio, (0, 0))
-            out[comp.ratio] = (h + held, u + uncompressed)
-        return out
