@@ -125,26 +125,33 @@ def run_once(setting: Setting, args) -> Figures:
                    sampler.preemptions)
 
 
-def engine(path: Path, args):
+def engine(path: Path, args, **overrides):
+    """An in-process engine on ``path`` sized by ``args``; ``overrides`` go to ``LLM``."""
     from vllm import LLM
 
     # The logical length counts beacons too: at the smallest ratio benchmarked (4), n // 4 more.
     max_model_len = args.prompt_len + args.max_tokens + args.max_tokens // min(RATIOS) + 1
     return LLM(model=str(path), dtype="float32", block_size=args.block_size,
                num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=False,
-               max_model_len=max_model_len, seed=0)
+               max_model_len=max_model_len, seed=0, **overrides)
+
+
+def workload_arguments(parser: argparse.ArgumentParser, requests: int, max_tokens: int,
+                       pool_blocks: int) -> None:
+    """The workload and pool flags :func:`engine` and the prompts read (shared by the benches)."""
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--pool-blocks", type=int, default=pool_blocks)
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--pool-blocks", type=int, default=64)
+    workload_arguments(parser, requests=64, max_tokens=1024, pool_blocks=64)
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds; each runs every setting once, in alternating order")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
