@@ -122,3 +122,26 @@ def test_stat_logger_is_registered_as_a_vllm_plugin():
     from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
 
     assert load_plugins_by_group(STAT_LOGGER_PLUGINS_GROUP)["breadcrumbs"] is BreadcrumbsStatLogger
+
+
+def test_stock_path_routes_patched_methods_to_the_originals_and_back():
+    import functools
+
+    from breadcrumbs_vllm.vllm_plugin.worker import StockPath
+
+    def original(self):
+        return "stock"
+
+    class Runner:
+        hook = functools.wraps(original)(lambda self: "plugin")
+        plain = original  # not patched: no __wrapped__, left alone
+
+    runner = Runner()
+    path = StockPath(runner, ("hook", "plain"))
+    path.take()
+    assert (runner.hook(), runner.plain()) == ("stock", "stock")
+    assert "plain" not in runner.__dict__
+    path.leave()
+    assert runner.hook() == "plugin"
+    path.take()
+    assert runner.hook() == "stock"
