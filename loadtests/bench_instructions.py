@@ -21,10 +21,13 @@ Attribution: with compression off, each of the plugin's parts can be switched ba
 code on the live beacon engine without changing what it computes. Each part's cost is the count
 with the whole plugin minus the count with that part switched back; ``all parts stock`` switches
 back every part (what remains against stock is the plugin's patches that cannot be switched off).
+Differences of up to about 0.3% are noise between regions: on 2026-12-02, parts that run no plugin
+code at all with compression off (the stock path) still measured up to that much, while one
+region's two repeats agreed within 0.2%.
 "compressed" settings (one request of the batch at ``--ratio``, then all of them) show what the
 per-step cost grows with once compression is live.
 
-    python loadtests/bench_instructions.py          # defaults: ~6 min on 2 cores
+    python loadtests/bench_instructions.py          # defaults: ~4 min on 2 cores
 """
 
 from __future__ import annotations
