@@ -124,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
     teacher_out = None
     if cfg.stage == "student" and not cfg.sequential:
         teacher_out = Path(getattr(args, "teacher_out", None) or f"{out}-teacher")
-    done = Run(cfg, out, teacher_out).train(args.max_minutes)
+    training = Run(cfg, out, teacher_out)
+    try:
+        done = training.train(args.max_minutes)
+    finally:
+        training.close()
     print(f"{'finished' if done else 'paused'}: {out}"
           + ("" if done else " (continue with --resume)"))
     return 0

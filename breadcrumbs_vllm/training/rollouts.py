@@ -4,8 +4,8 @@ at real model sizes (the reference engine decodes one token per forward, unbatch
 :class:`VllmSampler` starts one offline ``vllm.LLM`` in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
 the uni-process executor) on the policy's checkpoint folder, with an explicit KV pool so that it
 shares the device with training instead of claiming 90% of it. A policy that trains (the joint
-teacher, an on-policy student) has its weights pushed into the engine before each batch with the
-model's own ``load_weights`` (HF parameter names, vLLM fuses them), and the prefix cache is
+teacher, an on-policy student) has its weights pushed into the engine before each batch through
+vLLM's in-place weight reload (HF parameter names, vLLM fuses them), and the prefix cache is
 dropped so no stale KV survives the update. The breadcrumbs plugin is active as in serving, so
 on-policy student rollouts carry beacons at each request's ratio.
 
@@ -48,9 +48,14 @@ class VllmSampler:
                        enable_prefix_caching=True, **kwargs)
 
     def load_weights(self, model: torch.nn.Module) -> None:
-        """Copy ``model``'s current weights into the engine (same architecture, HF names)."""
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        self.llm.apply_model(lambda m: m.load_weights(iter(state.items())))
+        """Copy ``model``'s current weights into the engine (same architecture, HF names).
+
+        Through the worker's ``reload_weights``, not the model's ``load_weights``: after the first
+        load, backends repack weights into kernel layouts (the CPU one does), which only the
+        reload path restores before loading again.
+        """
+        weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
     def sample(self, prompts: Sequence[list[int]], ratios: Sequence[int | None], max_tokens: int,

@@ -397,10 +397,13 @@ class Run:
                 self.save()
         bar.close()
         self.save()
+        return self.step >= cfg.total_steps
+
+    def close(self) -> None:
+        """Shut the rollout engine down (its process-global parallel state goes with it)."""
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
-        return self.step >= cfg.total_steps
 
     # --- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
