@@ -33,7 +33,7 @@ eval: setup
 lint: setup
 	$(BIN)/ruff check breadcrumbs_vllm server tests loadtests
 
-# Reproduce the bundled models (docs/training.md). Each command reproduces one checkpoint from the
+# Reproduce the bundled models (docs/results-log.md). Each command reproduces one checkpoint from the
 # committed one before it (models/stages/), within 90 minutes on the machine that timed it, so the
 # chain replays from random weights. The teacher: trained from random weights (teacher-1), 1200 more
 # SFT steps (teacher-2-sft), a KL-guarded GRPO stage (teacher). The student: stages 1-3 distilled
