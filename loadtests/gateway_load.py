@@ -72,10 +72,11 @@ def _pct(values: list[float], q: float) -> float | None:
         if len(values) > 1 else values[0]
 
 
-def _payload(i: int, ratio: str, model: str, max_tokens: int) -> tuple[str, dict]:
+def _payload(i: int, ratio: str, model: str, max_tokens: int,
+             ignore_eos: bool = False) -> tuple[str, dict]:
     ratio_value = None if ratio == "none" else ratio if ratio == "auto" else int(ratio)
     common = {"model": model, "max_tokens": max_tokens, "stream": i % 2 == 1,
-              "compression_ratio": ratio_value, "temperature": 0.8}
+              "compression_ratio": ratio_value, "temperature": 0.8, "ignore_eos": ignore_eos}
     if ratio_value is None:  # seeded + compressed is refused on CPU engines
         common["seed"] = i
     if common["stream"]:
@@ -125,7 +126,8 @@ async def _one(client: httpx.AsyncClient, path: str, body: dict, results: Result
 
 
 async def run_load(url: str, requests: int, seconds: float, concurrency: int, ratios: list[str],
-                   max_tokens: int, api_key: str | None, abort_fraction: float = 0.0) -> dict:
+                   max_tokens: int, api_key: str | None, abort_fraction: float = 0.0,
+                   ignore_eos: bool = False) -> dict:
     """Send up to ``requests`` requests within ``seconds``; return the summary dict."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     results = Results()
@@ -138,7 +140,7 @@ async def run_load(url: str, requests: int, seconds: float, concurrency: int, ra
 
         async def worker() -> None:
             while time.monotonic() < deadline and (i := next(counter)) < requests:
-                path, body = _payload(i, ratios[i % len(ratios)], model, max_tokens)
+                path, body = _payload(i, ratios[i % len(ratios)], model, max_tokens, ignore_eos)
                 await _one(client, path, body, results, aborts(i, abort_fraction))
 
         async def watch_kv() -> None:
@@ -175,6 +177,8 @@ def build_parser(seconds_default: float = 120) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--abort-fraction", type=float, default=0.0,
                    help="share of all requests that are streams closed mid-stream (0-0.5)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every request generates --max-tokens tokens (vLLM's ignore_eos)")
     p.add_argument("--api-key")
     return p
 
@@ -194,7 +198,7 @@ def parse_bounded(p: argparse.ArgumentParser, argv: list[str] | None) -> argpars
 def main(argv: list[str] | None = None) -> int:
     a = parse_bounded(build_parser(), argv)
     summary = asyncio.run(run_load(a.url, a.requests, a.seconds, a.concurrency, a.ratios,
-                                   a.max_tokens, a.api_key, a.abort_fraction))
+                                   a.max_tokens, a.api_key, a.abort_fraction, a.ignore_eos))
     print(json.dumps(summary, indent=2))
     return 1 if summary["failed"] else 0
 

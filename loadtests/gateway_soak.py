@@ -2,7 +2,7 @@
 
     python loadtests/gateway_soak.py --url http://127.0.0.1:8000 --requests 10000 \
         --seconds 1800 --round-seconds 60 --concurrency 8 --ratios none,4,8,auto \
-        --abort-fraction 0.2 --max-tokens 64
+        --abort-fraction 0.2 --max-tokens 64 [--ignore-eos]
 
 Each round runs ``gateway_load`` (chat and completions, streaming and not, the given ratios,
 ``--abort-fraction`` of the requests closed mid-stream) for ``--round-seconds``; then it waits
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         round_no += 1
         summary = asyncio.run(run_load(
             a.url, a.requests - sent, min(a.round_seconds, end - time.monotonic()),
-            a.concurrency, a.ratios, a.max_tokens, a.api_key, a.abort_fraction))
+            a.concurrency, a.ratios, a.max_tokens, a.api_key, a.abort_fraction, a.ignore_eos))
         samples = drained(a.url, headers)
         sent += summary["requests"]
         failed += summary["failed"]

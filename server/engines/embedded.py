@@ -231,9 +231,12 @@ class EmbeddedBackend(EngineBackend):
         tasks = await self.engine.get_supported_tasks()
         app = build_app(self.args, tasks, self.engine.model_config)
         await init_app_state(self.client, app.state, self.args, tasks)
-        self._app = app
         self._watchdog = EngineWatchdog(self.engine)
+        # vLLM's engine-error handler tells ``app.state.server`` (uvicorn, under ``vllm serve``)
+        # to exit; here the watchdog stands in for it, as it ends the process itself.
+        app.state.server = self._watchdog
         self._watchdog.start()
+        self._app = app
 
     async def stop(self) -> None:
         if self._watchdog is not None:

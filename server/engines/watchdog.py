@@ -38,6 +38,9 @@ class EngineWatchdog:
         self._exit = exit
         self._stopping = False
         self._task: asyncio.Task | None = None
+        #: Set by vLLM's engine-error handler, which takes this for the HTTP server (unused:
+        #: the watchdog sees the same death and exits on its own).
+        self.should_exit = False
         # An interpreter exiting (a test run's end) shuts engines down: that is no death.
         atexit.register(self._mark_stopping)
 

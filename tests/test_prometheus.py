@@ -1,0 +1,239 @@
+"""A real Prometheus scrapes a real gateway: the dashboard, the alerts, the soak, a dead engine.
+
+One embedded gateway (``breadcrumbs serve`` in a subprocess, so that its exit status is seen)
+over a tiny random model on a KV pool of 24 blocks, small enough that the load preempts; one
+Prometheus (Debian's package, which ``.ci/run`` installs) on loopback with the shipped
+``deploy/prometheus`` config, rewritten only for the target address and a 1 s interval. The
+short soak is the mixed load (ratios none/4/8/auto, streaming and not, 20% aborted mid-stream);
+then every PromQL expression of the shipped dashboard must return data, the key series must
+have moved, the alerts must be loaded and quiet; last, the engine core is killed. Run under
+``flock /tmp/bc-cpu.lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+from servers import free_port, stop, wait_until_up
+
+from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
+from server.engines.watchdog import ENGINE_DEAD_EXIT_CODE
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+POOL_BLOCKS = 10
+SOAK = ["--requests", "160", "--seconds", "300", "--round-seconds", "40", "--concurrency", "8",
+        "--ratios", "none,4,8,auto", "--abort-fraction", "0.2", "--max-tokens", "96",
+        "--ignore-eos"]
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """(base URL, process) of ``breadcrumbs serve`` with a pool of ``POOL_BLOCKS`` blocks."""
+    tmp = tmp_path_factory.mktemp("prom-gw")
+    model, tokenizer, bc = init_model(2, 64)
+    path = save_checkpoint(model, tokenizer, bc, tmp / "tiny")
+    port = free_port()
+    env = {**os.environ, "BREADCRUMBS_MAX_MODEL_LEN": "256", "BREADCRUMBS_RATE_LIMIT_PER_MINUTE": "0",
+           "BREADCRUMBS_VLLM_ARGS": f"--num-gpu-blocks-override {POOL_BLOCKS}"}
+    log = tmp / "gateway.log"
+    proc = _start([sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--model", str(path),
+                   "--port", str(port), "--kv-cache-gib", "1"], log, env)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{base}/ready", proc, log, 240)
+    yield base, proc, log
+    if proc.poll() is None:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def prometheus(gateway, tmp_path_factory):
+    """Base URL of a Prometheus scraping the gateway with the shipped config and rules."""
+    binary = shutil.which("prometheus")
+    assert binary, ("prometheus not found: install Debian's prometheus package "
+                    "(apt-get install -y prometheus), as .ci/run does")
+    tmp = tmp_path_factory.mktemp("prom")
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [gateway[0].split("//")[1]]
+    for rules in config["rule_files"]:
+        shutil.copy(DEPLOY / "prometheus" / rules, tmp / rules)
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = tmp / "prometheus.log"
+    proc = _start([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={tmp / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{port}"], log)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{base}/-/ready", proc, log, 60)
+    yield base
+    stop(proc)
+
+
+def query(prom: str, expr: str) -> list[dict]:
+    answer = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=30).json()
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]
+
+
+def value(prom: str, expr: str) -> float:
+    """The single value of a scalar-like query (0 when it returns nothing)."""
+    result = query(prom, expr)
+    return sum(float(r["value"][1]) for r in result)
+
+
+@pytest.fixture(scope="module")
+def soak(gateway, prometheus):
+    """The soak's short form is the mixed load; its JSON lines (rounds, then the summary)."""
+    done = subprocess.run([sys.executable, str(ROOT / "loadtests/gateway_soak.py"), "--url",
+                           gateway[0], *SOAK], check=False, capture_output=True, text=True,
+                          timeout=400, cwd=ROOT / "loadtests")
+    assert done.stdout, done.stderr[-3000:]
+    time.sleep(3)  # two scrapes after the drain probe
+    return done.returncode, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_soak_short_form_leaks_nothing(soak):
+    code, lines = soak
+    rounds, summary = lines[:-1], lines[-1]
+    assert code == 0, lines
+    print(json.dumps(lines))  # the figures, in the test log
+    assert rounds and all(all(r["checks"].values()) for r in rounds), rounds
+    assert summary["requests"] == 160 and summary["failed_5xx"] == 0
+    assert 28 <= summary["aborted_mid_stream"] <= 36  # 20% of 160, counted per round
+    held = summary["after_drain"]
+    assert held["in_flight"] == held["vllm_kv_usage"] == held["plugin_blocks_held"] == 0
+    assert summary["preemptions"] > 0, "the pool was meant to be small enough to preempt"
+    assert summary["kv_blocks_saved"] > 0
+
+
+def test_every_dashboard_expression_returns_data(soak, prometheus):
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/breadcrumbs.json").read_text())
+    exprs = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    empty = [(title, expr) for title, expr in exprs if not query(prometheus, expr)]
+    assert not empty, f"dashboard queries with no data: {empty}"
+
+
+def test_key_series_moved_with_the_load(soak, prometheus):
+    window = "[10m]"
+    for counter in ("breadcrumbs_beacons_inserted_total", "breadcrumbs_kv_blocks_freed_total",
+                    "breadcrumbs_gateway_kv_blocks_saved_total",
+                    "breadcrumbs_gateway_beacons_inserted_total",
+                    "breadcrumbs_gateway_aborted_requests_total", "vllm:num_preemptions_total"):
+        assert value(prometheus, f"sum(increase({counter}{window}))") > 0, counter
+    ratios = {r["metric"]["ratio"] for r in query(
+        prometheus, f"sum by (ratio) (increase(breadcrumbs_beacons_inserted_total{window})) > 0")}
+    assert {"4", "8"} <= ratios
+    served = {r["metric"]["ratio"] for r in query(
+        prometheus, f'sum by (ratio) (increase(breadcrumbs_gateway_requests_total{{status="200"}}'
+                    f'{window})) > 0')}
+    assert {"none", "4", "8"} <= served
+    # KV in use: vLLM's pool filled up, and compressed requests held fewer blocks than the same
+    # requests would have uncompressed; once drained, nothing is held.
+    assert value(prometheus, f"max_over_time(vllm:kv_cache_usage_perc{window})") > 0.5
+    held = value(prometheus, "max_over_time(sum(breadcrumbs_kv_blocks_held)[10m:1s])")
+    saved = value(prometheus, "max_over_time(sum(breadcrumbs_kv_blocks_saved)[10m:1s])")
+    assert held > 0 and saved > 0
+    assert value(prometheus, "sum(breadcrumbs_kv_blocks_held)") == 0
+    assert value(prometheus, "max(vllm:kv_cache_usage_perc)") == 0
+
+
+def test_alert_rules_are_loaded_and_quiet_after_the_soak(soak, prometheus):
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=30).json()["data"]["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert set(rules) == {"BreadcrumbsKVPoolNearFull", "BreadcrumbsPreemptionsRising",
+                          "BreadcrumbsEngineNotReady", "BreadcrumbsKVBlocksLeaked"}
+    assert all(r["health"] == "ok" for r in rules.values()), rules
+    # The leak rule's condition (before its `for:`) finds nothing on a drained gateway.
+    assert not query(prometheus, rules["BreadcrumbsKVBlocksLeaked"]["query"])
+
+
+def test_dashboard_plot_from_prometheus(soak, prometheus, tmp_path):
+    """``deploy/grafana/plot_dashboard.py`` draws every panel from this Prometheus. With
+    ``BREADCRUMBS_DASHBOARD_PNG`` set, the picture goes there (docs/results/dashboard.png was
+    made this way)."""
+    out = Path(os.environ.get("BREADCRUMBS_DASHBOARD_PNG") or tmp_path / "dashboard.png")
+    title = (f"breadcrumbs gateway, soak short form (tiny random model, {POOL_BLOCKS}-block "
+             "KV pool), plotted from Prometheus")
+    done = subprocess.run([sys.executable, str(DEPLOY / "grafana/plot_dashboard.py"),
+                           "--prometheus", prometheus, "--minutes", "6", "--out", str(out),
+                           "--title", title], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def _engine_core(gateway_pid: int) -> psutil.Process:
+    children = psutil.Process(gateway_pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in " ".join([c.name(), *c.cmdline()])]
+    assert cores, [(c.pid, c.name(), c.cmdline()) for c in children]
+    return cores[0]
+
+
+def test_dead_engine_fails_requests_and_exits_for_the_supervisor(gateway, prometheus, soak):
+    """Last in the module: it kills the gateway's engine."""
+    base, proc, log = gateway
+    model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+    body = {"model": model, "prompt": "1+1=", "max_tokens": 240, "ignore_eos": True,
+            "compression_ratio": 4}
+    answers: dict[str, object] = {}
+    streaming = threading.Event()
+
+    def stream() -> None:
+        events = answers["stream"] = []
+        with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True},
+                          timeout=60) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    streaming.set()
+
+    def whole() -> None:
+        resp = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+        answers["whole"] = (resp.status_code, resp.json())
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=whole)]
+    for t in threads:
+        t.start()
+    assert streaming.wait(30)
+    _engine_core(proc.pid).kill()
+    killed = time.monotonic()
+    while httpx.get(f"{base}/ready", timeout=5).status_code != 503:
+        assert time.monotonic() - killed < 5, "/ready still answers 200 after the engine died"
+        time.sleep(0.05)
+    not_ready_after = time.monotonic() - killed
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "an in-flight request hung after the engine died"
+    status, error = answers["whole"]
+    assert status >= 500 and isinstance(error["error"]["message"], str), answers["whole"]
+    last = answers["stream"][-1] if answers["stream"][-1] != "[DONE]" else answers["stream"][-2]
+    assert "error" in json.loads(last), answers["stream"][-3:]
+    assert proc.wait(timeout=30) == ENGINE_DEAD_EXIT_CODE, log.read_text()[-3000:]
+    assert not_ready_after < 2
+    # Prometheus sees the gateway go: the engine-not-ready alert's condition holds.
+    deadline = time.monotonic() + 15
+    rule = 'up{job=~"breadcrumbs-.*"} == 0'
+    while not query(prometheus, rule):
+        assert time.monotonic() < deadline, "Prometheus never saw the gateway down"
+        time.sleep(0.5)
+
