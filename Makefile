@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
-.PHONY: setup serve test eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
+.PHONY: setup serve test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
 	student-3 student-4 student-5 student-7 student-8 student ablation
 
 setup: $(STAMP)
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 serve: setup
 	$(BIN)/breadcrumbs serve $(ARGS)
 
-test: setup
+test: setup promtool
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The monitoring tests run a real Prometheus and promtool (Debian's package). Installed when
+# missing and we are root (as in CI); otherwise the tests that need it say how to install it.
+promtool:
+	@command -v promtool >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
 
 eval: setup
 	$(BIN)/breadcrumbs eval $(ARGS)
