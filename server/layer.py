@@ -27,7 +27,7 @@ from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
-from server.rewrite import AnswerEditor
+from server.rewrite import AnswerEditor, read_body
 from server.settings import Settings
 
 #: Route path -> (metrics label, the body field that caps output tokens).
@@ -61,7 +61,7 @@ class CompressionLayer:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -180,18 +180,6 @@ def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:
         raise APIError(400, "use_beam_search cannot be combined with compression (vLLM's beam "
                             "search drops the request's compression_ratio); send "
                             "compression_ratio null", param="use_beam_search")
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -1,4 +1,4 @@
-"""Rewriting answers on their way out, for pure-ASGI middleware.
+"""Reading requests and rewriting answers on their way out, for pure-ASGI middleware.
 
 The gateway changes what vLLM's serving layer answers in two ways -- ``usage.breadcrumbs`` added
 to successful answers, the OpenAI error envelope given to the few errors FastAPI writes as
@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Container
 from typing import Any
 
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
 #: ``edit(answer, status)`` returns the object to send instead, or ``None`` to leave it be.
 Edit = Callable[[Any, int], Any]
@@ -81,3 +81,16 @@ class AnswerEditor:
         if replacement is None:
             return event
         return b"data: " + json.dumps(replacement, separators=(",", ":")).encode()
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (a client that disconnects first gives what arrived)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)

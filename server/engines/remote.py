@@ -21,6 +21,7 @@ from server.compression import KVState, RatioPolicy, Requested
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
 from server.metrics import engine_kv_state
+from server.rewrite import read_body
 from server.settings import Settings
 
 #: Hop-by-hop headers a proxy must not forward (RFC 9110 7.6.1), plus the recomputed length.
@@ -101,12 +102,7 @@ class RemoteBackend(EngineBackend):
         """Send the request upstream as it is and stream the answer back."""
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
         url = f"{self.url}{scope['path']}" + (f"?{scope['query_string'].decode()}"
                                                if scope.get("query_string") else "")
