@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -72,11 +74,12 @@ def test_data_parallel_server_is_exact(tiny_checkpoint, reference, tmp_path):
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
 
-    def complete(prompt: list[int], ratio: int | None) -> list[int]:
+    def complete(prompt: list[int], ratio: int | None, rank: int | None = None) -> list[int]:
         body = {"model": "tiny", "prompt": prompt, "max_tokens": engine_checks.MAX_TOKENS,
                 "temperature": 0, "ignore_eos": True, "return_token_ids": True,
                 "vllm_xargs": ratio_xargs(ratio)}
-        resp = httpx.post(f"{base}/v1/completions", json=body, timeout=400)
+        headers = {} if rank is None else {"X-data-parallel-rank": str(rank)}
+        resp = httpx.post(f"{base}/v1/completions", json=body, headers=headers, timeout=400)
         assert resp.status_code == 200, resp.text
         return resp.json()["choices"][0]["token_ids"]
 
@@ -88,5 +91,37 @@ def test_data_parallel_server_is_exact(tiny_checkpoint, reference, tmp_path):
         engine_checks._assert_same(reference, prompts, ratios, got)
         served = log.read_text()
         assert "EngineCore_DP0" in served and "EngineCore_DP1" in served
+        _check_pinned_requests_land_on_their_rank(base, complete, prompts[0])
     finally:
         stop(proc)
+
+
+def _per_engine(base: str, name: str, **labels: str) -> dict[str, float]:
+    """``{engine: value}`` of the ``/metrics`` series ``name`` whose labels include ``labels``."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if not series.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if all(found.get(k) == v for k, v in labels.items()):
+            out[found["engine"]] = out.get(found["engine"], 0.0) + float(value)
+    return out
+
+
+def _check_pinned_requests_land_on_their_rank(base: str, complete, prompt: list[int]) -> None:
+    """A compressed request pinned with ``X-data-parallel-rank`` moves only that engine's series:
+    vLLM's own and the plugin's, which carry the same ``engine`` label."""
+    beacons, finished = "breadcrumbs_beacons_inserted_total", "vllm:request_success_total"
+    for rank in (0, 1):
+        before_b, before_f = _per_engine(base, beacons, ratio="4"), _per_engine(base, finished)
+        complete(prompt, 4, rank=rank)
+        time.sleep(1.5)  # stat loggers run after the step that finished the request
+        after_b, after_f = _per_engine(base, beacons, ratio="4"), _per_engine(base, finished)
+        for engine in ("0", "1"):
+            moved_b = after_b.get(engine, 0.0) - before_b.get(engine, 0.0)
+            moved_f = after_f.get(engine, 0.0) - before_f.get(engine, 0.0)
+            if engine == str(rank):
+                assert moved_b > 0 and moved_f == 1, (rank, after_b, after_f)
+            else:
+                assert moved_b == 0 and moved_f == 0, (rank, after_b, after_f)

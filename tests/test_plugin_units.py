@@ -103,14 +103,18 @@ def test_stats_travel_in_scheduler_stats_and_are_removed_before_vllm_sees_them()
     stats.attach(step, {8: (3, 10)})
     shipped = MsgpackDecoder(SchedulerStats).decode(MsgpackEncoder().encode(step))
 
-    def sample(name: str) -> float:
-        return REGISTRY.get_sample_value(name, {"ratio": "8"}) or 0.0
+    def sample(name: str, engine: str = "1") -> float:
+        labels = {"model_name": "", "engine": engine, "ratio": "8"}
+        return REGISTRY.get_sample_value(name, labels) or 0.0
 
     before = sample("breadcrumbs_beacons_inserted_total")
-    BreadcrumbsStatLogger(vllm_config=None).record(shipped, None)
+    other_engine = sample("breadcrumbs_beacons_inserted_total", engine="0")
+    BreadcrumbsStatLogger(vllm_config=None, engine_index=1).record(shipped, None, engine_idx=1)
     assert sample("breadcrumbs_beacons_inserted_total") - before == 3
     assert sample("breadcrumbs_kv_blocks_held") == 3
     assert sample("breadcrumbs_kv_blocks_saved") == 7
+    # Engine 1's step lands in engine 1's series only (data parallelism keeps engines apart).
+    assert sample("breadcrumbs_beacons_inserted_total", engine="0") == other_engine
     assert shipped.kv_connector_stats == {"some_connector": {"x": 1}}  # vLLM's own data untouched
     assert stats.drain({})["beacons"] == {}  # counts since the last drain were reset
     assert stats.totals["evicted"][8] == 24

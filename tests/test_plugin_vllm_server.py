@@ -25,7 +25,8 @@ pytestmark = pytest.mark.vllm
 
 def beacons_metric(base: str, ratio: int) -> float:
     text = httpx.get(f"{base}/metrics").text
-    found = re.search(rf'^breadcrumbs_beacons_inserted_total{{ratio="{ratio}"}} (\S+)$', text,
+    series = rf'breadcrumbs_beacons_inserted_total{{engine="0",model_name="[^"]*",ratio="{ratio}"}}'
+    found = re.search(rf'^{series} (\S+)$', text,
                       flags=re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 

@@ -15,7 +15,9 @@ the two halves are split the way vLLM splits its own metrics:
   connector metrics look at that dict, and turns it into ``breadcrumbs_*`` metrics in the default
   registry that ``/metrics`` serves.
 
-The ``ratio`` label only takes the ratios a model supports (bounded cardinality).
+Every series carries ``model_name`` and ``engine`` (the data-parallel rank), as vLLM's own
+``vllm:*`` series do, so under ``--data-parallel-size N`` each engine's figures stay apart. The
+``ratio`` label only takes the ratios a model supports (bounded cardinality).
 """
 
 from __future__ import annotations
@@ -84,23 +86,26 @@ def take_payload(scheduler_stats: Any) -> dict[str, Any] | None:
 
 
 class PrometheusCompressionMetrics:
-    """The ``breadcrumbs_*`` Prometheus metrics; one set per process (names must be unique)."""
+    """The ``breadcrumbs_*`` Prometheus metrics; one set per process (names must be unique),
+    shared by the per-engine stat loggers, which tell their series apart by label."""
 
     _instance: PrometheusCompressionMetrics | None = None
 
     def __init__(self) -> None:
+        labels = ["model_name", "engine", "ratio"]
         self.counters = {
-            "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", ["ratio"]),
-            "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", ["ratio"]),
+            "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", labels),
+            "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", labels),
             "freed": Counter("breadcrumbs_kv_blocks_freed",
-                             "KV blocks returned to the pool early", ["ratio"]),
+                             "KV blocks returned to the pool early", labels),
         }
         self.held = Gauge("breadcrumbs_kv_blocks_held", "KV blocks held by compressed requests",
-                          ["ratio"])
+                          labels)
         self.saved = Gauge("breadcrumbs_kv_blocks_saved",
                            "Blocks the compressed requests would hold uncompressed minus held",
-                           ["ratio"])
-        self._seen_ratios: set[str] = set()
+                           labels)
+        #: Per (model_name, engine): the ratios that engine has reported holdings for.
+        self._seen_ratios: dict[tuple[str, str], set[str]] = {}
 
     @classmethod
     def get(cls) -> PrometheusCompressionMetrics:
@@ -108,23 +113,32 @@ class PrometheusCompressionMetrics:
             cls._instance = cls()
         return cls._instance
 
-    def apply(self, payload: dict[str, Any]) -> None:
+    def apply(self, payload: dict[str, Any], model_name: str, engine: str) -> None:
+        """Add one engine's step payload to that engine's series."""
         for name, counter in self.counters.items():
             for ratio, amount in payload[name].items():
-                counter.labels(ratio=ratio).inc(amount)
+                counter.labels(model_name, engine, ratio).inc(amount)
         holdings = payload["holdings"]
-        self._seen_ratios |= set(holdings)
-        for ratio in self._seen_ratios:  # a ratio with no live request drops to 0
+        seen = self._seen_ratios.setdefault((model_name, engine), set())
+        seen |= set(holdings)
+        for ratio in seen:  # a ratio with no live request drops to 0
             held, uncompressed = holdings.get(ratio, (0, 0))
-            self.held.labels(ratio=ratio).set(held)
-            self.saved.labels(ratio=ratio).set(uncompressed - held)
+            self.held.labels(model_name, engine, ratio).set(held)
+            self.saved.labels(model_name, engine, ratio).set(uncompressed - held)
 
 
 class BreadcrumbsStatLogger(StatLoggerBase):
-    """vLLM stat logger (front-end process) that exports the scheduler's compression counts."""
+    """vLLM stat logger (front-end process) that exports the scheduler's compression counts.
+
+    vLLM builds one per engine (``PerEngineStatLoggerAdapter``) and hands each its engine's
+    ``SchedulerStats``; ``record`` still labels by the ``engine_idx`` it is given, which is the
+    engine the stats came from.
+    """
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
         self.metrics = PrometheusCompressionMetrics.get()
+        model_config = getattr(vllm_config, "model_config", None)
+        self.model_name = str(getattr(model_config, "served_model_name", "") or "")
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:
@@ -132,7 +146,7 @@ class BreadcrumbsStatLogger(StatLoggerBase):
             return
         payload = take_payload(scheduler_stats)
         if payload is not None:
-            self.metrics.apply(payload)
+            self.metrics.apply(payload, self.model_name, str(engine_idx))
 
     def log_engine_initialized(self) -> None:
         pass
