@@ -92,7 +92,7 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
              "--max-model-len", str(settings.max_model_len), *pool.engine_flags(), *extra]
     if not compile_model:
         flags.append("--enforce-eager")
-    if cpu and not any(a == "--dtype" or a.startswith("--dtype=") for a in settings.vllm_args):
+    if cpu:  # a --dtype in settings.vllm_args comes later, so argparse lets it win
         flags += ["--dtype", "float32"]
     if settings.log_content:
         flags.append("--enable-log-requests")
