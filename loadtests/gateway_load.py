@@ -146,7 +146,7 @@ async def run_load(url: str, requests: int, seconds: float, concurrency: int, ra
         async def watch_kv() -> None:
             while True:
                 results.kv_peak = max(results.kv_peak, scrape(None, url).get(
-                    "breadcrumbs_gateway_kv_usage_ratio", 0.0))
+                    "vllm:kv_cache_usage_perc", 0.0))  # embedded mode: the engine's own gauge
                 await asyncio.sleep(1.0)
 
         watcher = asyncio.create_task(watch_kv())

@@ -34,7 +34,7 @@ def make_backend(settings: Settings, policy: RatioPolicy) -> EngineBackend:
     if settings.upstream:
         from server.engines.remote import RemoteBackend
 
-        return RemoteBackend(settings, policy)
+        return RemoteBackend(settings)
     from server.engines.embedded import EmbeddedBackend
 
     return EmbeddedBackend(settings, policy)
@@ -57,7 +57,7 @@ class _Backend:
 
 def create_app(settings: Settings, backend: EngineBackend | None = None) -> FastAPI:
     config = read_breadcrumbs_config(settings.model)  # fails fast on a bad model path
-    policy = RatioPolicy(config, settings.kv_target)
+    policy = RatioPolicy(config)
     backend = backend or make_backend(settings, policy)
 
     @asynccontextmanager

@@ -1,15 +1,10 @@
-"""Per-request compression: resolving ``compression_ratio`` and accounting what it saved.
+"""Per-request compression: checking ``compression_ratio`` and accounting what it saved.
 
-The ``"auto"`` policy (beyond the paper, whose ratio is static): given the engine's current KV
-usage ``u`` (fraction of the pool in use), the pool size in tokens and the request's worst case
-(``n`` times the peak KV entries ``BeaconSchedule`` gives for prompt + ``max_tokens``), take the
-*least* compression -- none first, then the supported ratios in increasing order -- whose
-projected peak keeps ``u + peak / pool <= target``. When nothing fits, take the ratio with the
-smallest projected peak (for short requests a huge ratio can peak higher than a middling one,
-because a whole window is held before its beacon). So an idle server answers uncompressed and
-compression rises with load: a busy server degrades memory before it queues. When the pool size
-is unknown, the projection is the current usage alone: ``u <= target`` means no compression,
-otherwise the smallest-peak ratio.
+The gateway checks a requested ratio against the model (a 400 naming the supported ones) and
+forwards it. ``"auto"`` travels on unresolved: the engine's scheduler decides it at admission,
+from that engine's own KV pool (``breadcrumbs_vllm/vllm_plugin/kv_budget.py``), and reports the
+ratio it chose in the finished output's ``kv_transfer_params``. So the gateway, a plain
+``vllm serve`` replica and a replica behind a router all use one rule.
 
 Usage accounting follows ``BeaconSchedule`` exactly (the plugin is tested against the same
 rules): the token that ends a generation is sampled but never fed, so ``n`` generated tokens
@@ -26,27 +21,18 @@ from dataclasses import dataclass, field
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO
 from server.errors import APIError
-
-
-@dataclass(frozen=True)
-class KVState:
-    """What an engine reports about its KV pool."""
-
-    usage: float  # fraction of blocks in use, 0..1
-    capacity_tokens: int | None  # pool size in tokens, when known
-
 
 #: What a request may send as ``compression_ratio``: a ratio, ``None`` (no compression) or auto.
 Requested = int | str | None
 
 
 class RatioPolicy:
-    """Validates requested ratios against the model and resolves ``"auto"``."""
+    """Validates requested ratios against the model."""
 
-    def __init__(self, config: BreadcrumbsConfig, kv_target: float) -> None:
+    def __init__(self, config: BreadcrumbsConfig) -> None:
         self.config = config
-        self.kv_target = kv_target
 
     @property
     def ratios(self) -> list[int]:
@@ -57,7 +43,7 @@ class RatioPolicy:
         than a ratio the model supports, ``None`` or ``"auto"``, naming the supported set."""
         if isinstance(requested, str) and requested.strip().lower() in ("none", "null", "off"):
             return None
-        if requested == "auto" or requested is None:
+        if requested == AUTO or requested is None:
             return requested
         if isinstance(requested, bool) or not isinstance(requested, int):
             raise APIError(400, f"compression_ratio must be an integer, null or \"auto\", not "
@@ -66,19 +52,6 @@ class RatioPolicy:
             return self.config.check_ratio(requested or None)  # 0 means none (spec)
         except ValueError as exc:
             raise APIError(400, str(exc), param="compression_ratio") from None
-
-    def resolve(self, requested: Requested, kv: KVState, prompt_len: int,
-                max_tokens: int, n: int) -> int | None:
-        ratio = self.check(requested)
-        if ratio != "auto":
-            return ratio  # type: ignore[return-value]
-        peaks = {c: n * BeaconSchedule(prompt_len, c).peak_kv_entries(max_tokens)
-                 for c in [None, *self.ratios]}
-        for candidate, peak in peaks.items():
-            share = peak / kv.capacity_tokens if kv.capacity_tokens else 0.0
-            if kv.usage + share <= self.kv_target:
-                return candidate
-        return min(self.ratios, key=lambda c: (peaks[c], c)) if self.ratios else None
 
 
 @dataclass(frozen=True)
@@ -106,17 +79,24 @@ def choice_savings(prompt_len: int, ratio: int | None, generated: int,
 
 @dataclass
 class Generation:
-    """One engine request: its prompt length, the ratio it ran at, tokens per choice index."""
+    """One engine request: its prompt length, the ratio it ran at, tokens per choice index.
+
+    ``ratio`` is ``"auto"`` until the engine reports what it chose (when the request finishes);
+    one that never reports it (aborted, or a remote answer without ``kv_transfer_params``) has
+    no savings to count.
+    """
 
     prompt_len: int
-    ratio: int | None
+    ratio: Requested
     tokens: dict[int, int] = field(default_factory=dict)
 
     def add(self, index: int, num_tokens: int) -> None:
         self.tokens[index] = self.tokens.get(index, 0) + num_tokens
 
     def savings(self, block_size: int) -> list[ChoiceSavings]:
-        return [choice_savings(self.prompt_len, self.ratio, n, block_size)
+        if self.ratio == AUTO:
+            return []
+        return [choice_savings(self.prompt_len, self.ratio, n, block_size)  # type: ignore[arg-type]
                 for n in self.tokens.values()]
 
 
@@ -130,14 +110,18 @@ class RequestAccount:
     generations: list[Generation] = field(default_factory=list)
 
     @property
-    def ratio(self) -> int | None:
-        """The ratio the engine ran at (``"auto"`` resolved), once a generation started."""
+    def ratio(self) -> Requested:
+        """The ratio the engine ran at; ``"auto"`` while the engine has not said which."""
         if self.generations:
             return self.generations[0].ratio
-        return None if self.requested == "auto" else self.requested  # type: ignore[return-value]
+        return self.requested
 
-    def usage_breadcrumbs(self, block_size: int) -> dict[str, int | None]:
-        """The ``usage.breadcrumbs`` object, summed over every choice of every generation."""
+    def usage_breadcrumbs(self, block_size: int) -> dict[str, Requested]:
+        """The ``usage.breadcrumbs`` object, summed over every choice of every generation
+        (the figures are ``null`` where the ratio "auto" chose never came back)."""
+        if self.ratio == AUTO:
+            return {"ratio": AUTO, "beacons_inserted": None, "peak_kv_entries": None,
+                    "kv_entries_saved": None}
         savings = [s for g in self.generations for s in g.savings(block_size)]
         return {
             "ratio": self.ratio,

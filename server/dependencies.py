@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import metrics
 from server.errors import APIError, error_response
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/get_load"})
 
 
 class RateLimiter:

@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_REPORT_KEY
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
 from server.engines.base import EngineBackend
@@ -74,9 +75,6 @@ class CompressionLayer:
             account = RequestAccount(label, self._take_ratio(body))
             self._apply_caps(body, cap_fields)
             _refuse_what_cannot_compress(body, account.requested)
-            auto = account.requested == "auto"
-            if auto:
-                account.requested = await self.backend.resolve_auto(label, body)
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -95,7 +93,7 @@ class CompressionLayer:
         finally:
             CURRENT_ACCOUNT.reset(token)
             scope["state"]["ratio"] = metrics.ratio_label(account.ratio)
-            if auto and (account.generations or account.requested != "auto"):  # resolved
+            if account.requested == AUTO and account.ratio != AUTO:  # the engine said which
                 metrics.AUTO_CHOSEN.labels(metrics.ratio_label(account.ratio)).inc()
             self._count(account)
 
@@ -148,7 +146,8 @@ class CompressionLayer:
             return
         usage = answer["usage"]  # /v1/responses counts input and output tokens
         prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
-        generation = Generation(prompt, account.ratio)
+        reported = answer.get("kv_transfer_params") or {}  # chat answers carry what auto chose
+        generation = Generation(prompt, reported.get(RATIO_REPORT_KEY, account.requested))
         choices = answer.get("choices") or []
         if len(choices) > 1:
             for choice in choices:

@@ -37,11 +37,13 @@ class Settings(BaseSettings):
     compile: bool | None = Field(
         None, description="torch.compile the model (embedded); None = only on GPUs. On a 2-core "
         "CPU compiling adds ~60-70 s to a cold start and decodes ~1.1-1.8x faster (bench_startup.py)")
-    health_interval_s: float = Field(5.0, gt=0, description="remote upstream health/metrics poll")
+    health_interval_s: float = Field(5.0, gt=0, description="remote upstream health poll")
     upstream_timeout_s: float = Field(600.0, gt=0)
 
     # Compression policy.
-    kv_target: float = Field(0.8, gt=0, le=1, description="'auto' keeps projected KV usage under this")
+    kv_target: float = Field(0.8, gt=0, le=1, description=(
+        "'auto' keeps the embedded engine's projected KV usage under this (a remote upstream "
+        "uses its own: vLLM's --additional-config '{\"breadcrumbs_kv_target\": 0.8}')"))
 
     # Safety.
     api_keys: Annotated[list[str], NoDecode] = Field(

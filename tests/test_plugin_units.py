@@ -37,6 +37,7 @@ def test_resolve_ratio_default_none_and_unsupported():
     assert resolve_ratio(None, bc) == 8
     assert resolve_ratio({"compression_ratio": None}, bc) is None
     assert resolve_ratio({"compression_ratio": "4"}, bc) == 4
+    assert resolve_ratio({"compression_ratio": " Auto"}, bc) == "auto"
     with pytest.raises(ValueError, match="supported: 2, 4, 8, 16"):
         resolve_ratio({"compression_ratio": 32}, bc)
 
@@ -88,35 +89,46 @@ def test_stock_models_keep_the_stock_scheduler(tmp_path, tiny_checkpoint):
 
 
 def test_stats_travel_in_scheduler_stats_and_are_removed_before_vllm_sees_them():
-    """EngineCore counts -> SchedulerStats (msgpack round trip) -> the front end's stat logger."""
-    from prometheus_client import REGISTRY
+    """EngineCore counts -> SchedulerStats (msgpack round trip) -> the front end's stat logger.
+
+    The logger writes to a private registry: a held-blocks figure left in the default one would
+    show up on the ``/metrics`` of every gateway a later test runs in this process.
+    """
+    from prometheus_client import CollectorRegistry
     from vllm.v1.metrics.stats import SchedulerStats
     from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
-    from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger, CompressionStats
+    from breadcrumbs_vllm.vllm_plugin.metrics import (
+        BreadcrumbsStatLogger,
+        CompressionStats,
+        PrometheusCompressionMetrics,
+    )
 
     stats = CompressionStats()
     for _ in range(3):
         stats.beacon_inserted(8)
     stats.blocks_freed(8, 2)
     step = SchedulerStats(kv_connector_stats={"some_connector": {"x": 1}})
-    stats.attach(step, {8: (3, 10)})
+    stats.attach(step, {8: (3, 10)}, projected=0.25)
     shipped = MsgpackDecoder(SchedulerStats).decode(MsgpackEncoder().encode(step))
 
-    def sample(name: str, engine: str = "1") -> float:
-        labels = {"model_name": "", "engine": engine, "ratio": "8"}
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+    registry = CollectorRegistry()
+    logger = BreadcrumbsStatLogger(vllm_config=None, engine_index=1)
+    logger.metrics = PrometheusCompressionMetrics(registry)
 
-    before = sample("breadcrumbs_beacons_inserted_total")
-    other_engine = sample("breadcrumbs_beacons_inserted_total", engine="0")
-    BreadcrumbsStatLogger(vllm_config=None, engine_index=1).record(shipped, None, engine_idx=1)
-    assert sample("breadcrumbs_beacons_inserted_total") - before == 3
-    assert sample("breadcrumbs_kv_blocks_held") == 3
-    assert sample("breadcrumbs_kv_blocks_saved") == 7
+    def sample(name: str, engine: str = "1", **labels: str) -> float | None:
+        labels = {"model_name": "", "engine": engine, **labels}
+        return registry.get_sample_value(name, labels)
+
+    logger.record(shipped, None, engine_idx=1)
+    assert sample("breadcrumbs_beacons_inserted_total", ratio="8") == 3
+    assert sample("breadcrumbs_kv_blocks_held", ratio="8") == 3
+    assert sample("breadcrumbs_kv_blocks_saved", ratio="8") == 7
+    assert sample("breadcrumbs_kv_cache_usage_projected_perc") == 0.25
     # Engine 1's step lands in engine 1's series only (data parallelism keeps engines apart).
-    assert sample("breadcrumbs_beacons_inserted_total", engine="0") == other_engine
+    assert sample("breadcrumbs_beacons_inserted_total", engine="0", ratio="8") is None
     assert shipped.kv_connector_stats == {"some_connector": {"x": 1}}  # vLLM's own data untouched
-    assert stats.drain({})["beacons"] == {}  # counts since the last drain were reset
+    assert stats.drain({}, 0.0)["beacons"] == {}  # counts since the last drain were reset
     assert stats.totals["evicted"][8] == 24
 
 

@@ -3,11 +3,15 @@
 ``python -m vllm.entrypoints.openai.api_server`` on a beacon checkpoint: the per-request ratio
 arrives through ``vllm_xargs``, an unsupported ratio fails that request with a 400 naming the
 supported set (and the server keeps serving), and the plugin's counters appear on vLLM's own
-``/metrics``, shipped from the EngineCore process by the stat-logger plugin.
+``/metrics``, shipped from the EngineCore process by the stat-logger plugin. With
+``VLLM_PLUGINS=breadcrumbs`` the server also answers ``/get_load``, and ``"auto"`` is decided by
+the engine's scheduler from its own pool (here with a target no peak fits under, so the choice
+is known in advance: the ratio with the smallest peak).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,7 +22,9 @@ import httpx
 import pytest
 from servers import free_port, stop, wait_until_up
 
+from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
 from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.vllm_plugin.kv_budget import TARGET_KEY
 
 pytestmark = pytest.mark.vllm
 
@@ -37,8 +43,8 @@ def test_vllm_openai_server_serves_beacon_models_with_the_plugin(tiny_checkpoint
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
            str(tiny_checkpoint), "--served-model-name", "tiny", "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--block-size", "32",
-           "--max-model-len", "1024"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+           "--max-model-len", "1024", "--additional-config", json.dumps({TARGET_KEY: 1e-9})]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": "breadcrumbs"}
     log = tmp_path / "vllm.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     try:
@@ -60,5 +66,29 @@ def test_vllm_openai_server_serves_beacon_models_with_the_plugin(tiny_checkpoint
         again = httpx.post(f"{base}/v1/completions", json=body, timeout=120)
         assert again.status_code == 200 and again.json()["choices"][0]["text"] == \
             resp.json()["choices"][0]["text"]  # greedy, same request: the engine is unharmed
+
+        # "auto", decided in the engine: nothing fits under the target, so the smallest peak.
+        ratios = read_breadcrumbs_config(tiny_checkpoint).ratios
+        chosen = min(ratios, key=lambda c: (BeaconSchedule(5, c).peak_kv_entries(40), c))
+        explicit = httpx.post(f"{base}/v1/completions", timeout=120, json={
+            **body, "vllm_xargs": {"compression_ratio": chosen}}).json()["choices"][0]["text"]
+        auto = httpx.post(f"{base}/v1/completions", timeout=120, json={
+            **body, "vllm_xargs": {"compression_ratio": "auto"}})
+        assert auto.status_code == 200 and auto.json()["choices"][0]["text"] == explicit
+        chat = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20,
+            "vllm_xargs": {"compression_ratio": "auto"}})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["kv_transfer_params"] == {"breadcrumbs_ratio": min(
+            ratios, key=lambda c: (BeaconSchedule(chat.json()["usage"]["prompt_tokens"], c)
+                                   .peak_kv_entries(20), c))}
+
+        # The endpoint plugin's /get_load and the projected gauge, one series per engine; idle
+        # now, so both read 0.
+        assert httpx.get(f"{base}/get_load").json() == {"load": 0}
+        projected = re.findall(r'^breadcrumbs_kv_cache_usage_projected_perc\{(.*)\} (\S+)$',
+                               httpx.get(f"{base}/metrics").text, flags=re.MULTILINE)
+        assert len(projected) == 1 and 'engine="0"' in projected[0][0]
+        assert float(projected[0][1]) == 0.0
     finally:
         stop(proc)

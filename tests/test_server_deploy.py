@@ -32,7 +32,7 @@ def _plugin_sample_names() -> set[str]:
     from breadcrumbs_vllm.vllm_plugin.metrics import PrometheusCompressionMetrics
 
     metrics = PrometheusCompressionMetrics.get()
-    families = [*metrics.counters.values(), metrics.held, metrics.saved]
+    families = [*metrics.counters.values(), metrics.held, metrics.saved, metrics.projected]
     return {f"{m._name}_total" if m._type == "counter" else m._name for m in families}
 
 

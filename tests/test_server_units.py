@@ -9,7 +9,6 @@ import json
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from breadcrumbs_vllm.checkpoint import (
     BreadcrumbsConfig,
@@ -19,11 +18,11 @@ from breadcrumbs_vllm.checkpoint import (
 )
 from breadcrumbs_vllm.cli import serve
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
+from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio, growth
 from server import Settings, create_app
-from server.compression import KVState, RatioPolicy, choice_savings
+from server.compression import RatioPolicy, choice_savings
 from server.engines.remote import RemoteBackend
 from server.errors import APIError
-from server.metrics import engine_kv_state
 
 CONFIG = BreadcrumbsConfig(beacon_token_id=4, ratios=[2, 4, 8, 16])
 
@@ -35,32 +34,33 @@ def checkpoint(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- ratio policy
-@pytest.mark.parametrize("usage, expected", [
-    (0.0, None),      # idle: no compression
-    (0.70, None),     # 0.70 + 100/1000 is exactly the target
-    (0.71, 2),        # 0.71 + 0.100 > 0.8, 0.71 + 0.056 fits
-    (0.75, 4),
-    (0.77, 8),
-    (0.78, 8),        # nothing fits: the smallest peak (8 peaks below 16 here)
-    (0.95, 8),
+@pytest.mark.parametrize("used, growth, expected", [
+    (0.0, 0, None),      # idle: no compression
+    (0.70, 0, None),     # 0.70 + 100/1000 is exactly the target
+    (0.71, 0, 2),        # 0.71 + 0.100 > 0.8, 0.71 + 0.056 fits
+    (0.75, 0, 4),
+    (0.77, 0, 8),
+    (0.78, 0, 8),        # nothing fits: the smallest peak (8 peaks below 16 here)
+    (0.95, 0, 8),
+    (0.50, 250, 4),      # what running requests will still grow into counts: 0.75 projected
 ])
-def test_auto_takes_least_compression_that_fits(usage, expected):
-    policy = RatioPolicy(CONFIG, kv_target=0.8)
+def test_auto_takes_least_compression_that_fits(used, growth, expected):
+    projection = KVProjection(used=used, growth_tokens=growth, capacity_tokens=1000)
     # prompt 10, max_tokens 90: peaks 100 (none), 56 (2), 36 (4), 29 (8), 31 (16)
-    assert policy.resolve("auto", KVState(usage, 1000), 10, 90, 1) == expected
+    assert choose_ratio(CONFIG.ratios, 10, 90, projection, target=0.8) == expected
 
 
-def test_auto_without_pool_size_uses_usage_alone():
-    policy = RatioPolicy(CONFIG, kv_target=0.8)
-    assert policy.resolve("auto", KVState(0.5, None), 10, 90, 1) is None
-    assert policy.resolve("auto", KVState(0.9, None), 10, 90, 1) == 8
-    assert policy.resolve("auto", KVState(0.9, None), 10, 2000, 1) == 16
+def test_projected_usage_counts_remaining_growth_only():
+    # (peak, live): a request past its peak adds nothing; a waiting one adds its whole peak.
+    assert growth([(100, 40), (36, 50), (56, 0)]) == 60 + 0 + 56
+    assert KVProjection(0.25, 500, 2000).usage == 0.5
+    assert KVProjection(0.0, 10, 0).usage == 0.0
 
 
 def test_explicit_ratios_are_checked_against_the_model():
-    policy = RatioPolicy(CONFIG, kv_target=0.8)
-    assert policy.resolve(8, KVState(0.99, 1000), 10, 90, 1) == 8
-    assert policy.resolve(0, KVState(0.0, 1000), 10, 90, 1) is None
+    policy = RatioPolicy(CONFIG)
+    assert policy.check(8) == 8 and policy.check("auto") == "auto"
+    assert policy.check(0) is None and policy.check("none") is None
     for bad in (3, 1, -2, 32):
         with pytest.raises(APIError, match="supported: 2, 4, 8, 16") as info:
             policy.check(bad)
@@ -76,19 +76,12 @@ def test_savings_follow_the_spec_schedule():
 
 
 # ---------------------------------------------------------------- remote mode
-def test_kv_state_from_vllm_metrics():
-    text = ('vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
-            'vllm:cache_config_info{block_size="32",num_gpu_blocks="100",x="y"} 1.0\n')
-    text += 'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
-    assert engine_kv_state(text_string_to_metric_families(text)) == KVState(0.5, 3200)
-    assert engine_kv_state([]) == KVState(0.0, None)
-
-
 class FakeVLLM:
-    """One vLLM server: KV usage, health, ``/tokenize``, and a record of forwarded bodies."""
+    """One vLLM server with the plugin: health, ``/get_load``, and a record of forwarded bodies.
+    Its chat answers report the ratio "auto" chose, as the plugin does, in
+    ``kv_transfer_params``."""
 
     def __init__(self) -> None:
-        self.usage = 0.1
         self.healthy = True
         self.bodies: list[tuple[str, dict]] = []
 
@@ -96,14 +89,16 @@ class FakeVLLM:
         path = request.url.path
         if path == "/health":
             return httpx.Response(200 if self.healthy else 503)
-        if path == "/metrics":
-            return httpx.Response(200, text=(
-                f'vllm:kv_cache_usage_perc{{engine="0"}} {self.usage}\n'
-                'vllm:cache_config_info{block_size="32",num_gpu_blocks="10"} 1.0\n'))
+        if path == "/get_load":
+            return httpx.Response(200, json={"load": 42})
         body = json.loads(request.content)
         self.bodies.append((path, body))
-        if path == "/tokenize":
-            return httpx.Response(200, json={"count": 10, "tokens": list(range(10))})
+        if path == "/v1/chat/completions":
+            return httpx.Response(200, json={
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                             "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17},
+                "kv_transfer_params": {"breadcrumbs_ratio": 2}})
         if body.get("stream"):
             chunks = [{"choices": [{"index": 0, "text": t, "finish_reason": f}]}
                       for t, f in (("he", None), ("ll", None), ("o", "length"))]
@@ -124,8 +119,7 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
     fake = FakeVLLM()
     settings = Settings(model=checkpoint, served_model_name="tiny", upstream="http://a:8000",
                         health_interval_s=3600)
-    policy = RatioPolicy(read_breadcrumbs_config(checkpoint), settings.kv_target)
-    backend = RemoteBackend(settings, policy, transport=httpx.MockTransport(fake))
+    backend = RemoteBackend(settings, transport=httpx.MockTransport(fake))
     with TestClient(create_app(settings, backend=backend)) as client:
         assert client.get("/ready").status_code == 200
         body = {"model": "tiny", "prompt": "hi", "max_tokens": 9, "compression_ratio": 8,
@@ -151,13 +145,19 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
         assert "".join(c["text"] for e in events for c in e["choices"]) == "hello"
         assert events[-1]["usage"]["breadcrumbs"]["ratio"] == 8
 
-        # "auto": the upstream's /tokenize sizes the prompt; its pool is 320 tokens.
-        fake.usage = 0.75  # 0.75 + 19/320 fits no compression: 0.809 > 0.8
-        client.portal.call(backend.poll_once)
+        # "auto" travels on for the upstream's engine to decide; a chat answer says what it
+        # chose, a completions answer cannot (vLLM's has no kv_transfer_params).
         resp = client.post("/v1/completions", json={**body, "compression_ratio": "auto"})
-        assert fake.bodies[-2][0] == "/tokenize"
-        assert fake.bodies[-1][1]["vllm_xargs"] == {"compression_ratio": 2}
-        assert resp.json()["usage"]["breadcrumbs"]["ratio"] == 2
+        assert fake.bodies[-1][1]["vllm_xargs"] == {"compression_ratio": "auto"}
+        assert resp.json()["usage"]["breadcrumbs"] == {
+            "ratio": "auto", "beacons_inserted": None, "peak_kv_entries": None,
+            "kv_entries_saved": None}
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 13, "compression_ratio": "auto"}
+        resp = client.post("/v1/chat/completions", json=chat)
+        assert resp.json()["usage"]["breadcrumbs"] == {
+            "ratio": 2, "beacons_inserted": 5, "peak_kv_entries": 12, "kv_entries_saved": 5}
+        assert client.get("/get_load").json() == {"load": 42}  # the upstream's own
 
         fake.healthy = False
         client.portal.call(backend.poll_once)
@@ -168,8 +168,7 @@ def test_layer_refuses_bad_ratios_and_caps_before_the_engine(checkpoint):
     fake = FakeVLLM()
     settings = Settings(model=checkpoint, served_model_name="tiny", upstream="http://a:8000",
                         health_interval_s=3600, max_n=2, max_tokens_cap=100, api_keys="k1,k2")
-    policy = RatioPolicy(read_breadcrumbs_config(checkpoint), settings.kv_target)
-    backend = RemoteBackend(settings, policy, transport=httpx.MockTransport(fake))
+    backend = RemoteBackend(settings, transport=httpx.MockTransport(fake))
     auth = {"Authorization": "Bearer k2"}
     with TestClient(create_app(settings, backend=backend)) as client:
         chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}

@@ -16,17 +16,27 @@ from breadcrumbs_vllm.spec import BeaconSchedule, insert_beacons, validate_ratio
 
 #: The ``SamplingParams.extra_args`` key (what vLLM's OpenAI server fills from ``vllm_xargs``).
 RATIO_KEY = "compression_ratio"
+#: The ``kv_transfer_params`` key of a finished request's output that tells which ratio it ran at.
+RATIO_REPORT_KEY = "breadcrumbs_ratio"
+#: The requested value that lets the engine choose the ratio at admission (``kv_budget.py``).
+AUTO = "auto"
 
 
-def resolve_ratio(extra_args: Mapping[str, Any] | None, bc: BreadcrumbsConfig) -> int | None:
+def resolve_ratio(extra_args: Mapping[str, Any] | None,
+                  bc: BreadcrumbsConfig) -> int | None | str:
     """The ratio a request asks for: its ``compression_ratio``, else the model's default.
 
-    Raises ``ValueError`` naming the supported ratios when the model does not support it.
+    Returns a supported ratio, ``None`` (no compression) or :data:`AUTO`, which the scheduler
+    turns into one of the first two when the request arrives. Raises ``ValueError`` naming the
+    supported ratios when the model does not support the one asked for.
     """
     if extra_args and RATIO_KEY in extra_args:
         raw = extra_args[RATIO_KEY]
         if isinstance(raw, str):
-            raw = None if raw.strip().lower() in ("", "none", "null", "off") else int(raw)
+            word = raw.strip().lower()
+            if word == AUTO:
+                return AUTO
+            raw = None if word in ("", "none", "null", "off") else int(raw)
         ratio = validate_ratio(raw)
     else:
         ratio = validate_ratio(bc.default_ratio)
@@ -52,6 +62,8 @@ class RequestCompression:
 
     schedule: BeaconSchedule
     beacon_id: int
+    #: ``max_tokens`` of the request: how far its KV can still grow (``kv_budget.py``).
+    max_tokens: int = 0
 
     @property
     def prompt_len(self) -> int:
@@ -61,6 +73,11 @@ class RequestCompression:
     def ratio(self) -> int:
         assert self.schedule.ratio is not None
         return self.schedule.ratio
+
+    @property
+    def peak_entries(self) -> int:
+        """The most KV entries this request can hold before ``max_tokens`` ends it (rule 5)."""
+        return self.schedule.peak_kv_entries(self.max_tokens)
 
     def fed_outputs(self, output_ids: Sequence[int]) -> list[int]:
         """The generated tokens with beacons inserted, as the request feeds them (rule 2)."""

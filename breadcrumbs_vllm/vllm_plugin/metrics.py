@@ -26,7 +26,7 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 PAYLOAD_KEY = "breadcrumbs"
@@ -54,24 +54,27 @@ class CompressionStats:
         getattr(self, name)[ratio] += amount
         self.totals[name][ratio] += amount
 
-    def drain(self, holdings: dict[int, tuple[int, int]]) -> dict[str, Any]:
-        """The counts since the last drain (then reset) and ``holdings``, as plain data.
+    def drain(self, holdings: dict[int, tuple[int, int]], projected: float) -> dict[str, Any]:
+        """The counts since the last drain (then reset), ``holdings`` and ``projected``, as plain
+        data.
 
         ``holdings`` is ``{ratio: (blocks held, blocks the same requests would hold
-        uncompressed)}`` now.
+        uncompressed)}`` now; ``projected`` the engine's projected KV usage (``kv_budget.py``).
         """
-        payload = {name: {str(r): n for r, n in getattr(self, name).items()}
-                   for name in ("beacons", "evicted", "freed")}
+        payload: dict[str, Any] = {name: {str(r): n for r, n in getattr(self, name).items()}
+                                   for name in ("beacons", "evicted", "freed")}
         payload["holdings"] = {str(r): list(pair) for r, pair in holdings.items()}
+        payload["projected"] = projected
         self.beacons.clear()
         self.evicted.clear()
         self.freed.clear()
         return payload
 
-    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]]) -> None:
+    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]],
+               projected: float) -> None:
         """Ship :meth:`drain` to the front end inside this step's ``SchedulerStats``."""
         carried = dict(scheduler_stats.kv_connector_stats or {})
-        carried[PAYLOAD_KEY] = self.drain(holdings)
+        carried[PAYLOAD_KEY] = self.drain(holdings, projected)
         scheduler_stats.kv_connector_stats = carried
 
 
@@ -87,23 +90,34 @@ def take_payload(scheduler_stats: Any) -> dict[str, Any] | None:
 
 class PrometheusCompressionMetrics:
     """The ``breadcrumbs_*`` Prometheus metrics; one set per process (names must be unique),
-    shared by the per-engine stat loggers, which tell their series apart by label."""
+    shared by the per-engine stat loggers, which tell their series apart by label.
+
+    ``registry`` is prometheus_client's default one (what ``/metrics`` serves) but in tests,
+    whose figures must not leak into a later server's ``/metrics`` in the same process.
+    """
 
     _instance: PrometheusCompressionMetrics | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         labels = ["model_name", "engine", "ratio"]
         self.counters = {
-            "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", labels),
-            "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", labels),
+            "beacons": Counter("breadcrumbs_beacons_inserted", "Beacons fed", labels,
+                               registry=registry),
+            "evicted": Counter("breadcrumbs_kv_entries_evicted", "KV entries evicted", labels,
+                               registry=registry),
             "freed": Counter("breadcrumbs_kv_blocks_freed",
-                             "KV blocks returned to the pool early", labels),
+                             "KV blocks returned to the pool early", labels, registry=registry),
         }
         self.held = Gauge("breadcrumbs_kv_blocks_held", "KV blocks held by compressed requests",
-                          labels)
+                          labels, registry=registry)
         self.saved = Gauge("breadcrumbs_kv_blocks_saved",
                            "Blocks the compressed requests would hold uncompressed minus held",
-                           labels)
+                           labels, registry=registry)
+        self.projected = Gauge(
+            "breadcrumbs_kv_cache_usage_projected_perc",
+            "KV usage projected over the unfinished requests' remaining growth (kv_budget.py): "
+            "blocks in use plus what they may still add until max_tokens, over the pool",
+            ["model_name", "engine"], registry=registry)
         #: Per (model_name, engine): the ratios that engine has reported holdings for.
         self._seen_ratios: dict[tuple[str, str], set[str]] = {}
 
@@ -115,6 +129,7 @@ class PrometheusCompressionMetrics:
 
     def apply(self, payload: dict[str, Any], model_name: str, engine: str) -> None:
         """Add one engine's step payload to that engine's series."""
+        self.projected.labels(model_name, engine).set(payload["projected"])
         for name, counter in self.counters.items():
             for ratio, amount in payload[name].items():
                 counter.labels(model_name, engine, ratio).inc(amount)

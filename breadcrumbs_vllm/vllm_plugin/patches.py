@@ -128,7 +128,7 @@ def _wrap_validate_params(original):
         model = BeaconModel.from_model_config(self.model_config)
         if model is not None and isinstance(params, SamplingParams):
             try:
-                model.compression(0, params)
+                model.requested(params)
             except ValueError as exc:  # names the supported ratios
                 raise UnsupportedRatioError(str(exc)) from None
         return result
@@ -245,11 +245,15 @@ def all_patches() -> list[Patch]:
 def overridden_surface() -> list[tuple[type, str, tuple[str, ...]]]:
     """Private methods the scheduler subclasses override, and those whose reads the worker hooks
     rely on (not patched, but just as fragile)."""
+    from vllm.plugins.endpoint_plugins.interface import EndpointPlugin
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     return [
+        # ``load.LoadEndpoint`` implements vLLM's endpoint-plugin protocol (GET /get_load).
+        (EndpointPlugin, "attach_router", ("self", "app")),
+        (EndpointPlugin, "init_state", ("self", "engine_client", "state", "args")),
         (GPUModelRunner, "_get_slot_mappings",
          ("self", "num_tokens_padded", "num_reqs_padded", "num_tokens_unpadded",
           "ubatch_slices")),

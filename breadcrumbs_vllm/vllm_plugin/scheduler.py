@@ -13,7 +13,19 @@ from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
+from breadcrumbs_vllm.vllm_plugin.compression import (
+    AUTO,
+    RATIO_REPORT_KEY,
+    RequestCompression,
+    ratio_xargs,
+)
+from breadcrumbs_vllm.vllm_plugin.kv_budget import (
+    DEFAULT_TARGET,
+    TARGET_KEY,
+    KVProjection,
+    choose_ratio,
+    growth,
+)
 from breadcrumbs_vllm.vllm_plugin.metrics import CompressionStats
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
@@ -75,12 +87,13 @@ class PhysicalBlockAccountant(KVCacheManager):
 class BreadcrumbsScheduler(Scheduler):
     """vLLM's scheduler for a beacon model: stock until a compressed request arrives.
 
-    It only overrides :meth:`add_request`, to notice compressed requests. The first one switches
-    the instance to :class:`CompressingScheduler` and its ``KVCacheManager`` to
+    It overrides :meth:`add_request`, to resolve ``"auto"`` and notice compressed requests, and
+    :meth:`make_stats`, to ship the plugin's figures. The first compressed (or ``"auto"``)
+    request switches the instance to :class:`CompressingScheduler` and its ``KVCacheManager`` to
     :class:`PhysicalBlockAccountant`; once the last one is freed and its final counts are
     shipped, both switch back. So a beacon model serving uncompressed requests runs vLLM's own
-    scheduling and block accounting and ships no extra stats. Invariant relied on: while
-    ``compressed`` is not empty, the instance is a :class:`CompressingScheduler`.
+    scheduling and block accounting. Invariant relied on: while ``reported`` is not empty, the
+    instance is a :class:`CompressingScheduler` (``compressed``'s keys are a subset of it).
     """
 
     def __init__(self, vllm_config, *args, **kwargs) -> None:
@@ -88,19 +101,51 @@ class BreadcrumbsScheduler(Scheduler):
         beacon_model = BeaconModel.from_model_config(vllm_config.model_config)
         assert beacon_model is not None, "BreadcrumbsScheduler serves beacon models only"
         self.beacon_model = beacon_model
+        extra = vllm_config.additional_config
+        self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET)
+                               if isinstance(extra, dict) else DEFAULT_TARGET)
         self.compressed: dict[str, RequestCompression] = {}
+        #: The ratio each compressed or ``"auto"`` request runs at, reported when it finishes.
+        self.reported: dict[str, int | None] = {}
         self.compression_stats = CompressionStats()
         self._stock_manager_cls = type(self.kv_cache_manager)
         PhysicalBlockAccountant.attach(self.kv_cache_manager, self.compressed,
                                        self.compression_stats)
 
     def add_request(self, request: Request) -> None:
-        comp = self.beacon_model.compression(request.num_prompt_tokens, request.sampling_params)
+        params = request.sampling_params
+        ratio = self.beacon_model.requested(params)
+        if ratio == AUTO:
+            ratio = choose_ratio(self.beacon_model.bc.ratios, request.num_prompt_tokens,
+                                 request.max_tokens, self.kv_projection(), self.kv_target)
+            # The worker reads the ratio from these params when the request is first scheduled.
+            params.extra_args = {**params.extra_args, **ratio_xargs(ratio)}
+            self.reported[request.request_id] = ratio
+        comp = self.beacon_model.at_ratio(request.num_prompt_tokens, ratio, request.max_tokens)
         if comp is not None:
             self.compressed[request.request_id] = comp
+            self.reported[request.request_id] = comp.ratio
+        if self.reported:
             self.__class__ = CompressingScheduler
             self.kv_cache_manager.__class__ = PhysicalBlockAccountant
         super().add_request(request)
+
+    def kv_projection(self) -> KVProjection:
+        """This engine's pool now and its unfinished requests' remaining growth (kv_budget.py).
+
+        Cost: a few integer operations per unfinished request, once per step (stats) and once
+        per ``"auto"`` request.
+        """
+        def peak_and_live(request: Request) -> tuple[int, int]:
+            comp = self.compressed.get(request.request_id)
+            if comp is None:
+                return request.num_prompt_tokens + request.max_tokens, request.num_computed_tokens
+            return comp.peak_entries, comp.physical_start(request.num_computed_tokens)
+
+        pool_blocks = self.kv_cache_manager.block_pool.num_gpu_blocks - 1  # less the null block
+        return KVProjection(self.kv_cache_manager.usage,
+                            growth(map(peak_and_live, self.requests.values())),
+                            pool_blocks * self.block_size)
 
     def _holdings(self) -> dict[int, tuple[int, int]]:
         """Per ratio: (blocks held, blocks the same requests would hold uncompressed)."""
@@ -115,6 +160,24 @@ class BreadcrumbsScheduler(Scheduler):
             h, u = out.get(comp.ratio, (0, 0))
             out[comp.ratio] = (h + held, u + uncompressed)
         return out
+
+    def make_stats(self, *args, **kwargs):
+        """vLLM's step stats plus the plugin's figures, for the front end's stat logger.
+
+        Called once per step (at the end of ``update_from_output``) whether or not stats are
+        logged, so it is where the scheduler returns to the stock path: after the step that
+        freed the last compressed request has shipped its counts and empty holdings (which
+        drop the held/saved gauges to 0). The projected usage ships on every step, compressed
+        or not: a router balances on it.
+        """
+        stats = super().make_stats(*args, **kwargs)
+        if stats is not None:  # None when the engine runs without stats (``log_stats``)
+            holdings = self._holdings() if self.compressed else {}
+            self.compression_stats.attach(stats, holdings, self.kv_projection().usage)
+        if not self.reported and type(self) is not BreadcrumbsScheduler:
+            self.__class__ = BreadcrumbsScheduler
+            self.kv_cache_manager.__class__ = self._stock_manager_cls
+        return stats
 
 
 class CompressingScheduler(BreadcrumbsScheduler):
@@ -159,22 +222,11 @@ class CompressingScheduler(BreadcrumbsScheduler):
         return super()._update_request_with_output(request, new_token_ids, is_stale)
 
     def _free_request(self, request: Request, *args, **kwargs):
-        result = super()._free_request(request, *args, **kwargs)
+        """vLLM's free, plus the ratio the request ran at in its ``kv_transfer_params`` (which
+        vLLM's chat completions answer carries), then forget it."""
+        kv_params, ec_params = super()._free_request(request, *args, **kwargs)
         self.compressed.pop(request.request_id, None)
-        return result
-
-    def make_stats(self, *args, **kwargs):
-        """vLLM's step stats plus the plugin's counts, for the front end's stat logger.
-
-        Called once per step (at the end of ``update_from_output``) whether or not stats are
-        logged, so it is where the scheduler returns to the stock path: after the step that
-        freed the last compressed request has shipped its counts and empty holdings (which
-        drop the held/saved gauges to 0).
-        """
-        stats = super().make_stats(*args, **kwargs)
-        if stats is not None:  # None when the engine runs without stats (``log_stats``)
-            self.compression_stats.attach(stats, self._holdings())
-        if not self.compressed:
-            self.__class__ = BreadcrumbsScheduler
-            self.kv_cache_manager.__class__ = self._stock_manager_cls
-        return stats
+        if request.request_id in self.reported:
+            ratio = self.reported.pop(request.request_id)
+            kv_params = {**(kv_params or {}), RATIO_REPORT_KEY: ratio}
+        return kv_params, ec_params

@@ -10,15 +10,12 @@ both modes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 from starlette.types import ASGIApp
 
-from server.compression import KVState, Requested
-
 
 class EngineBackend(ABC):
-    """Lifecycle, readiness, KV state and the OpenAI app of one engine."""
+    """Lifecycle, readiness, load and the OpenAI app of one engine."""
 
     name: str
     #: True when the backend fills each request's ``RequestAccount`` as the engine's outputs
@@ -36,15 +33,10 @@ class EngineBackend(ABC):
         """Engine loaded and answering."""
 
     @abstractmethod
-    def kv_state(self) -> KVState: ...
+    async def load(self) -> int:
+        """The engine's ``GET /get_load`` figure (``breadcrumbs_vllm/vllm_plugin/load.py``)."""
 
     @property
     @abstractmethod
     def app(self) -> ASGIApp | None:
         """The OpenAI-compatible app, once started (``None`` before)."""
-
-    async def resolve_auto(self, route: str, body: dict[str, Any]) -> Requested:
-        """What ``"auto"`` becomes before the request is forwarded. The embedded engine client
-        resolves it itself at admission (it knows the exact prompt length), so by default it
-        travels on unchanged."""
-        return "auto"

@@ -4,13 +4,12 @@ The gateway does not re-implement the OpenAI protocol: ``build_app`` / ``init_ap
 vLLM build the same app ``vllm serve`` runs (chat templating, sampling-parameter mapping,
 logprobs, structured outputs, tool calls, ``/v1/responses``, ``/tokenize``...), and the breadcrumbs
 plugin is auto-loaded into the engine. What is ours is the engine client the serving layer is
-handed, :class:`CompressingEngineClient`: it resolves ``"auto"`` at admission, refuses what cannot
-work on a beacon model, and fills each request's :class:`~server.compression.RequestAccount` from
-the outputs as they pass.
+handed, :class:`CompressingEngineClient`: it refuses what cannot work on a beacon model and fills
+each request's :class:`~server.compression.RequestAccount` from the outputs as they pass.
 
 vLLM's own Prometheus logger stays on, which puts its ``vllm:*`` metrics -- and the plugin's
-``breadcrumbs_*`` ones -- in the default registry that ``/metrics`` serves; the KV state
-``"auto"`` needs is read from there too.
+``breadcrumbs_*`` ones -- in the default registry that ``/metrics`` serves; ``/get_load`` is
+read from there too.
 """
 
 from __future__ import annotations
@@ -26,12 +25,14 @@ from typing import Any
 from prometheus_client import REGISTRY
 from starlette.types import ASGIApp
 
+from breadcrumbs_vllm.vllm_plugin.compression import RATIO_REPORT_KEY
+from breadcrumbs_vllm.vllm_plugin.kv_budget import TARGET_KEY
+from breadcrumbs_vllm.vllm_plugin.load import server_load
 from server import metrics
-from server.compression import CURRENT_ACCOUNT, Generation, KVState, RatioPolicy
+from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy
 from server.engines.base import EngineBackend
 from server.engines.watchdog import EngineWatchdog
 from server.memory import KVPool
-from server.metrics import engine_kv_state
 from server.settings import Settings
 
 
@@ -89,7 +90,8 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
 
     flags = ["--model", str(settings.model), "--served-model-name", settings.model_name,
              "--block-size", str(settings.block_size),
-             "--max-model-len", str(settings.max_model_len), *pool.engine_flags(), *extra]
+             "--max-model-len", str(settings.max_model_len), *pool.engine_flags(),
+             "--additional-config", json.dumps({TARGET_KEY: settings.kv_target}), *extra]
     if not compile_model:
         flags.append("--enforce-eager")
     if cpu:  # a --dtype in settings.vllm_args comes later, so argparse lets it win
@@ -112,32 +114,31 @@ class CompressingEngineClient:
     (chat, completions, responses) hands a tokenised prompt and ``SamplingParams`` to the engine,
     so it is the one place that knows the exact prompt length and the parameters vLLM derived:
 
-    - ``"auto"`` in ``extra_args["compression_ratio"]`` becomes a ratio from this engine's KV
-      pool (``RatioPolicy``), before the plugin's own validation runs inside ``AsyncLLM``;
     - a prompt over the gateway's length cap, or holding the reserved ``<beacon>`` id, or a
       seeded compressed request on a
       sampler that cannot rewind a seeded generator (vLLM's CPU sampler), is refused with a
       400 (``VLLMValidationError``), never run;
-    - the outputs are counted into the current request's account and the gateway's metrics.
+    - the outputs are counted into the current request's account and the gateway's metrics,
+      with the ratio ``"auto"`` chose taken from the finished output's ``kv_transfer_params``
+      (the engine decides it at admission, ``kv_budget.py``).
     """
 
-    def __init__(self, engine: Any, policy: RatioPolicy, kv_state, max_prompt_tokens: int,
+    def __init__(self, engine: Any, policy: RatioPolicy, max_prompt_tokens: int,
                  seeded_compression: bool) -> None:
         self._engine = engine
         self._policy = policy
-        self._kv_state = kv_state
         self._max_prompt_tokens = max_prompt_tokens
         self._seeded_compression = seeded_compression
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def _admit(self, prompt: Any, params: Any, field: str) -> tuple[Any, Generation]:
+    def _admit(self, prompt: Any, params: Any, field: str) -> Generation:
         from vllm.exceptions import VLLMValidationError
         from vllm.renderers.inputs.preprocess import extract_prompt_components
         from vllm.sampling_params import SamplingParams
 
-        from breadcrumbs_vllm.vllm_plugin.compression import RATIO_KEY, resolve_ratio
+        from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 
         token_ids = extract_prompt_components(self._engine.model_config, prompt).token_ids or []
         config = self._policy.config
@@ -148,24 +149,17 @@ class CompressingEngineClient:
             raise VLLMValidationError("the prompt contains the reserved <beacon> token; beacons "
                                       "are inserted by the engine alone", parameter=field)
         if not isinstance(params, SamplingParams):
-            return params, Generation(len(token_ids), None)
-        extra = dict(params.extra_args or {})
-        if extra.get(RATIO_KEY) == "auto":
-            ratio = self._policy.resolve("auto", self._kv_state(), len(token_ids),
-                                         params.max_tokens or 0, params.n)
-            extra[RATIO_KEY] = "none" if ratio is None else ratio
-            params = params.clone()
-            params.extra_args = extra
+            return Generation(len(token_ids), None)
         try:
-            ratio = resolve_ratio(extra, config)
+            ratio = resolve_ratio(params.extra_args, config)
         except ValueError:
             ratio = None  # the plugin refuses it inside AsyncLLM, with the supported ratios
         if ratio is not None and params.seed is not None and not self._seeded_compression:
             raise VLLMValidationError(
-                "seed cannot be combined with compression on this engine (its CPU sampler "
-                "cannot rewind a seeded generator past a beacon step); drop seed or send "
-                "compression_ratio null", parameter="seed")
-        return params, Generation(len(token_ids), ratio)
+                "seed cannot be combined with compression (\"auto\" included) on this engine "
+                "(its CPU sampler cannot rewind a seeded generator past a beacon step); drop "
+                "seed or send compression_ratio null", parameter="seed")
+        return Generation(len(token_ids), ratio)
 
     async def generate(self, prompt: Any, sampling_params: Any, request_id: str,
                        **kwargs: Any) -> AsyncGenerator[Any, None]:
@@ -173,8 +167,7 @@ class CompressingEngineClient:
 
         account = CURRENT_ACCOUNT.get()
         route = account.route if account else "other"
-        sampling_params, generation = self._admit(prompt, sampling_params,
-                                                  _PROMPT_FIELD.get(route, "prompt"))
+        generation = self._admit(prompt, sampling_params, _PROMPT_FIELD.get(route, "prompt"))
         if account is not None:
             account.generations.append(generation)
         delta = getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA
@@ -186,6 +179,8 @@ class CompressingEngineClient:
                 now = time.monotonic()
                 (metrics.TTFT if first else metrics.INTER_TOKEN).labels(route).observe(now - last)
                 first, last, finished = False, now, output.finished
+                if finished and RATIO_REPORT_KEY in (output.kv_transfer_params or {}):
+                    generation.ratio = output.kv_transfer_params[RATIO_REPORT_KEY]
                 for choice in output.outputs:
                     if delta:
                         generation.add(choice.index, len(choice.token_ids))
@@ -228,8 +223,8 @@ class EmbeddedBackend(EngineBackend):
         with _cpu_cold_start(s.model) if fast_start else nullcontext([]) as fast:
             self.args = vllm_args(s, self.pool, compile_model, fast, cpu)
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(self.args))
-        self.client = CompressingEngineClient(self.engine, self.policy, self.kv_state,
-                                              s.max_prompt_tokens, seeded_compression=not cpu)
+        self.client = CompressingEngineClient(self.engine, self.policy, s.max_prompt_tokens,
+                                              seeded_compression=not cpu)
 
     async def start(self) -> None:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -272,7 +267,7 @@ class EmbeddedBackend(EngineBackend):
         blocks = self.engine.vllm_config.cache_config.num_gpu_blocks if self.engine else None
         return blocks * self.settings.block_size if blocks else None
 
-    def kv_state(self) -> KVState:
-        """From vLLM's own gauges in this process's registry (its logger updates them after
-        every engine step), so reading it costs nothing on the request path."""
-        return engine_kv_state(REGISTRY.collect())
+    async def load(self) -> int:
+        """From the gauges vLLM's stat loggers (the plugin's included) keep in this process's
+        registry, as ``vllm serve`` with the plugin's endpoint computes it."""
+        return server_load(REGISTRY.collect())

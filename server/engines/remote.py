@@ -4,23 +4,19 @@
 Requests reach the upstream as the gateway's layer left them (``compression_ratio`` in
 ``vllm_xargs``), so the surface is vLLM's own in both modes. Answers stream back as they come;
 a client that goes away closes the upstream connection, which makes vLLM abort the request and
-free its blocks. A background task polls the upstream's ``/health`` and ``/metrics`` for
-``/ready`` and for what ``"auto"`` needs: KV usage and the pool size.
+free its blocks. ``"auto"`` travels on too: the upstream's engine decides it from its own pool.
+A background task polls the upstream's ``/health`` for ``/ready``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Receive, Scope, Send
 
-from server.compression import KVState, RatioPolicy, Requested
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
-from server.metrics import engine_kv_state
 from server.rewrite import read_body
 from server.settings import Settings
 
@@ -32,16 +28,14 @@ _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b
 class RemoteBackend(EngineBackend):
     name = "remote"
 
-    def __init__(self, settings: Settings, policy: RatioPolicy,
+    def __init__(self, settings: Settings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         """``transport`` lets tests stand in for the upstream server."""
         self.settings = settings
-        self.policy = policy
         self.url = settings.upstream.rstrip("/")
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0), transport=transport)
         self.healthy = False
-        self.kv = KVState(usage=1.0, capacity_tokens=None)
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -61,42 +55,27 @@ class RemoteBackend(EngineBackend):
     async def poll_once(self) -> None:
         try:
             health = await self.client.get(f"{self.url}/health", timeout=5.0)
-            page = await self.client.get(f"{self.url}/metrics", timeout=5.0)
         except httpx.HTTPError:
             self.healthy = False
             return
         self.healthy = health.status_code == 200
-        if page.status_code == 200:
-            self.kv = engine_kv_state(text_string_to_metric_families(page.text))
 
     async def ready(self) -> bool:
         return self.healthy
 
-    def kv_state(self) -> KVState:
-        return self.kv
+    async def load(self) -> int:
+        """The upstream's own ``/get_load`` (a replica with the plugin's endpoint; a router
+        has none, and then this is a 503)."""
+        try:
+            answer = await self.client.get(f"{self.url}/get_load", timeout=5.0)
+            return int(answer.raise_for_status().json()["load"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            raise APIError(503, "the upstream serves no /get_load (start it with "
+                                "VLLM_PLUGINS=breadcrumbs)") from None
 
     @property
     def app(self):
         return self._forward
-
-    async def resolve_auto(self, route: str, body: dict[str, Any]) -> Requested:
-        """``"auto"`` from the upstream's KV state and the prompt's length, which the upstream's
-        own ``/tokenize`` gives (chat templating included)."""
-        query = {"model": body.get("model")}
-        prompt = body.get("input") if route == "responses" else body.get("prompt")
-        if route == "chat" or isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-            query["messages"] = body.get("messages") if route == "chat" else prompt
-        else:
-            query["prompt"] = prompt if isinstance(prompt, str) else ""
-        try:
-            answer = await self.client.post(f"{self.url}/tokenize", json=query, timeout=30.0)
-            prompt_len = int(answer.json()["count"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            raise APIError(503, "the engine could not size the prompt for compression_ratio "
-                                "\"auto\"") from None
-        max_tokens = next((body[f] for f in ("max_completion_tokens", "max_tokens",
-                                             "max_output_tokens") if body.get(f)), 0)
-        return self.policy.resolve("auto", self.kv, prompt_len, max_tokens, body.get("n") or 1)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the request upstream as it is and stream the answer back."""

@@ -1,4 +1,5 @@
-"""``/health`` (process up), ``/ready`` (engine loaded and answering) and ``/metrics``.
+"""``/health`` (process up), ``/ready`` (engine loaded and answering), ``/metrics`` and
+``/get_load`` (the vLLM Router's load figure, ``breadcrumbs_vllm/vllm_plugin/load.py``).
 
 These stay outside API-key auth so orchestrators and Prometheus can reach them; they expose no
 request content. ``/metrics`` serves the process's default registry: the gateway's
@@ -12,7 +13,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from server import metrics
 from server.errors import APIError, error_response
 
 router = APIRouter()
@@ -32,7 +32,10 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def prometheus(request: Request) -> Response:
-    backend = request.app.state.backend
-    metrics.KV_USAGE.labels(backend.name).set(backend.kv_state().usage)
+async def prometheus() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/get_load")
+async def get_load(request: Request) -> dict[str, int]:
+    return {"load": await request.app.state.backend.load()}
