@@ -125,3 +125,10 @@ def _check_pinned_requests_land_on_their_rank(base: str, complete, prompt: list[
                 assert moved_b > 0 and moved_f == 1, (rank, after_b, after_f)
             else:
                 assert moved_b == 0 and moved_f == 0, (rank, after_b, after_f)
+        # "auto" is decided by the engine the request lands on, from its own pool.
+        complete(prompt, "auto", rank=rank)
+    # The projected KV gauge a router balances on: one series per engine.
+    projected = "breadcrumbs_kv_cache_usage_projected_perc"
+    lines = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
+             if line.startswith(projected + "{")]
+    assert sorted(_per_engine(base, projected)) == ["0", "1"] and len(lines) == 2, lines

@@ -43,7 +43,7 @@ def resolve_ratio(extra_args: Mapping[str, Any] | None,
     return bc.check_ratio(ratio)
 
 
-def ratio_xargs(ratio: int | None) -> dict[str, int | str]:
+def ratio_xargs(ratio: int | str | None) -> dict[str, int | str]:
     """``vllm_xargs`` that make :func:`resolve_ratio` pick ``ratio`` on a vLLM OpenAI server.
 
     vLLM's request schema takes only strings and numbers there, so "no compression" is sent as
