@@ -84,6 +84,7 @@ class CompressionLayer:
         requested = account.requested
         body["vllm_xargs"] = {**xargs, _RATIO: "none" if requested is None else requested}
         scope.setdefault("state", {})["ratio"] = metrics.ratio_label(account.ratio)
+        scope["state"]["route"] = label  # the remote forwarder's latency metrics use it
         token = CURRENT_ACCOUNT.set(account)
         raw = json.dumps(body).encode()
         try:

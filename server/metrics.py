@@ -7,6 +7,8 @@ the plugin's ``breadcrumbs_*`` metrics appear next to these. Labels are bounded 
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Counter, Histogram
 
 from server.compression import Requested
@@ -38,3 +40,36 @@ AUTO_CHOSEN = Counter("breadcrumbs_gateway_auto_ratio_chosen",
 
 def ratio_label(ratio: Requested) -> str:
     return "none" if ratio is None else str(ratio)
+
+
+class LatencyClock:
+    """The latency metrics of one generation request, fed as its answer passes: the embedded
+    engine client ticks on each engine output, the remote forwarder on each chunk of bytes.
+
+    Time to the first tick, between ticks (streamed deltas), end to end for an answer that
+    finished; an answer the client left before its end counts as an abort. ``route`` ``None``
+    (not a generation route) makes every call a no-op.
+    """
+
+    def __init__(self, route: str | None) -> None:
+        self.route = route
+        self.started = self.last = time.monotonic()
+        self.first, self.finished = True, False
+
+    def tick(self) -> None:
+        if self.route is None:
+            return
+        now = time.monotonic()
+        (TTFT if self.first else INTER_TOKEN).labels(self.route).observe(now - self.last)
+        self.first, self.last = False, now
+
+    def done(self) -> None:
+        self.finished = True
+
+    def close(self) -> None:
+        if self.route is None:
+            return
+        if self.finished:
+            E2E.labels(self.route).observe(time.monotonic() - self.started)
+        else:
+            ABORTED.labels(self.route).inc()

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.vllm
 
 KEY = "client-key"
 MODEL = "tiny"
+#: Gateway URL -> where its engine's ``vllm:*`` metrics are (itself, or the remote upstream).
+ENGINE_METRICS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module", params=["embedded", "remote"])
@@ -53,6 +56,7 @@ def gateway(request, tiny_checkpoint, tmp_path_factory):
         settings = Settings(upstream=f"http://127.0.0.1:{port}", **common)
     try:
         with gateway_in_thread(create_app(settings)) as base:
+            ENGINE_METRICS[base] = settings.upstream or base
             yield base
     finally:
         if upstream is not None:
@@ -197,3 +201,26 @@ def test_litellm_completion(gateway):
     assert reply.usage.completion_tokens == 20
     crumbs = getattr(reply.usage, "breadcrumbs", None) or reply.usage.model_extra["breadcrumbs"]
     assert crumbs["ratio"] == 8 and crumbs["beacons_inserted"] > 0
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(gateway):
+    """Closing a stream after a few events aborts the engine's request at once, in both modes
+    (remote: the gateway closes its upstream connection, which makes vLLM abort), long before
+    its 900 tokens would have been generated."""
+    def running() -> float:
+        page = httpx.get(f"{ENGINE_METRICS[gateway]}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                   if line.startswith("vllm:num_requests_running"))
+
+    body = {"model": MODEL, "prompt": "p", "max_tokens": 900, "ignore_eos": True,
+            "stream": True, "compression_ratio": 4}
+    with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        events = (line for line in resp.iter_lines() if line.startswith("data: "))
+        for _ in range(3):
+            next(events)
+        assert running() == 1
+    left = time.monotonic()
+    while running():
+        assert time.monotonic() - left < 1.5, "the engine kept generating for a gone client"
+        time.sleep(0.1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -171,16 +170,15 @@ class CompressingEngineClient:
         if account is not None:
             account.generations.append(generation)
         delta = getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA
-        started = last = time.monotonic()
-        first, finished = True, False
+        clock = metrics.LatencyClock(route)
         try:
             async for output in self._engine.generate(prompt, sampling_params, request_id,
                                                       **kwargs):
-                now = time.monotonic()
-                (metrics.TTFT if first else metrics.INTER_TOKEN).labels(route).observe(now - last)
-                first, last, finished = False, now, output.finished
-                if finished and RATIO_REPORT_KEY in (output.kv_transfer_params or {}):
-                    generation.ratio = output.kv_transfer_params[RATIO_REPORT_KEY]
+                clock.tick()
+                if output.finished:
+                    clock.done()
+                    if RATIO_REPORT_KEY in (output.kv_transfer_params or {}):
+                        generation.ratio = output.kv_transfer_params[RATIO_REPORT_KEY]
                 for choice in output.outputs:
                     if delta:
                         generation.add(choice.index, len(choice.token_ids))
@@ -188,10 +186,8 @@ class CompressingEngineClient:
                         generation.tokens[choice.index] = len(choice.token_ids)
                 yield output
         finally:
-            # Closed early: the serving layer saw the client go and aborted the request.
-            if not finished:
-                metrics.ABORTED.labels(route).inc()
-        metrics.E2E.labels(route).observe(time.monotonic() - started)
+            # Not finished: the serving layer saw the client go and aborted the request.
+            clock.close()
 
 
 class EmbeddedBackend(EngineBackend):

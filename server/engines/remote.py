@@ -15,6 +15,7 @@ import asyncio
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from server import metrics
 from server.engines.base import EngineBackend
 from server.errors import APIError, error_response
 from server.rewrite import read_body
@@ -90,14 +91,38 @@ class RemoteBackend(EngineBackend):
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             self.healthy = False
-            await error_response(APIError(503, f"engine backend failed: {type(exc).__name__}"))(scope, receive, send)
+            failed = APIError(503, f"engine backend failed: {type(exc).__name__}")
+            await error_response(failed)(scope, receive, send)
             return
+        clock = metrics.LatencyClock(scope.get("state", {}).get("route"))
+        relay = asyncio.create_task(_relay(response, send, clock))
+        left = asyncio.create_task(_client_left(receive))
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                    if k.lower() not in _HOP]})  # ASGI names are lowercase
-            async for chunk in response.aiter_bytes():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            # A client that goes away must not leave the upstream generating: closing the
+            # upstream connection is what makes vLLM abort the request and free its blocks.
+            await asyncio.wait({relay, left}, return_when=asyncio.FIRST_COMPLETED)
+            if relay.done():
+                relay.result()  # re-raises what went wrong while relaying
         finally:
+            for task in (relay, left):
+                task.cancel()
+            clock.close()
             await response.aclose()
+
+
+async def _relay(response: httpx.Response, send: Send, clock: metrics.LatencyClock) -> None:
+    """Stream the upstream's answer to the client as it comes."""
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": [(k.lower(), v) for k, v in response.headers.raw
+                            if k.lower() not in _HOP]})  # ASGI names are lowercase
+    async for chunk in response.aiter_bytes():
+        clock.tick()
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+    clock.done()
+
+
+async def _client_left(receive: Receive) -> None:
+    """Return when the client disconnects (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
