@@ -72,8 +72,12 @@ def _pct(values: list[float], q: float) -> float | None:
         if len(values) > 1 else values[0]
 
 
-def _payload(i: int, ratio: str, model: str, max_tokens: int,
+def _payload(i: int, ratios: list[str], model: str, max_tokens: int,
              ignore_eos: bool = False) -> tuple[str, dict]:
+    """Request ``i`` of the mix: odd ones stream; each ratio comes streamed and not, then the
+    next ``2 * len(ratios)`` requests go to the other route, so every (route, stream, ratio)
+    combination recurs every ``4 * len(ratios)`` requests."""
+    ratio = ratios[(i // 2) % len(ratios)]
     ratio_value = None if ratio == "none" else ratio if ratio == "auto" else int(ratio)
     common = {"model": model, "max_tokens": max_tokens, "stream": i % 2 == 1,
               "compression_ratio": ratio_value, "temperature": 0.8, "ignore_eos": ignore_eos}
@@ -81,7 +85,7 @@ def _payload(i: int, ratio: str, model: str, max_tokens: int,
         common["seed"] = i
     if common["stream"]:
         common["stream_options"] = {"include_usage": True}
-    if i % 4 < 2:
+    if (i // (2 * len(ratios))) % 2 == 0:
         return "/v1/chat/completions", {
             **common, "messages": [{"role": "user", "content": f"Reach 24 with 3 5 {i % 9 + 1}"}]}
     return "/v1/completions", {**common, "prompt": f"{i}+{i * 7}="}
@@ -140,7 +144,7 @@ async def run_load(url: str, requests: int, seconds: float, concurrency: int, ra
 
         async def worker() -> None:
             while time.monotonic() < deadline and (i := next(counter)) < requests:
-                path, body = _payload(i, ratios[i % len(ratios)], model, max_tokens, ignore_eos)
+                path, body = _payload(i, ratios, model, max_tokens, ignore_eos)
                 await _one(client, path, body, results, aborts(i, abort_fraction))
 
         async def watch_kv() -> None:

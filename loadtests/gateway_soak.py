@@ -10,7 +10,9 @@ for the engine to drain, sends one 1-token probe (an abort that arrives while th
 frees its blocks without an engine step, so vLLM's gauges update only at the next step) and
 checks from ``/metrics`` that: no request got a 5xx, nothing runs or waits, vLLM's KV usage is 0
 and the plugin holds no block (``breadcrumbs_kv_blocks_held``), and the gateway's resident
-memory grew less than ``--max-rss-growth-mib``. Bounded in requests and time, loopback only, like
+memory grew less than ``--max-rss-growth-mib``. In remote mode vLLM's and the plugin's series
+live on the vLLM server's own ``/metrics``: ``--engine-url`` points there (by default the
+gateway, which serves them in embedded mode). Bounded in requests and time, loopback only, like
 the load test. Prints one JSON line per round (with throughput and preemptions in the round) and
 a final summary line; exit code 1 on the first failed check.
 """
@@ -23,7 +25,7 @@ import sys
 import time
 
 import httpx
-from gateway_load import build_parser, parse_bounded, run_load, scrape
+from gateway_load import build_parser, loopback_url, parse_bounded, run_load, scrape
 
 MIB = 1 << 20
 
@@ -41,13 +43,30 @@ def in_flight(samples: dict[str, float]) -> float:
         "vllm:num_requests_waiting", 0.0)
 
 
-def drained(url: str, headers: dict[str, str], timeout: float = 120.0) -> dict[str, float]:
+def engine_side(name: str) -> bool:
+    """A series the engine exports (vLLM's and the plugin's), not the gateway's own."""
+    return name.startswith("vllm:") or (name.startswith("breadcrumbs_")
+                                        and not name.startswith("breadcrumbs_gateway_"))
+
+
+def samples(url: str, engine_url: str) -> dict[str, float]:
+    """The gateway's ``/metrics`` with the engine's series taken from ``engine_url``."""
+    gateway = scrape(None, url)
+    if engine_url == url:
+        return gateway
+    engine = scrape(None, engine_url)
+    return {**{k: v for k, v in gateway.items() if not engine_side(k)},
+            **{k: v for k, v in engine.items() if engine_side(k)}}
+
+
+def drained(url: str, engine_url: str, headers: dict[str, str],
+            timeout: float = 120.0) -> dict[str, float]:
     """``/metrics`` once nothing runs or waits (or ``timeout`` passed), after one probe."""
     deadline = time.monotonic() + timeout
-    while in_flight(scrape(None, url)) and time.monotonic() < deadline:
+    while in_flight(samples(url, engine_url)) and time.monotonic() < deadline:
         time.sleep(0.5)
     probe(url, headers)
-    return scrape(None, url)
+    return samples(url, engine_url)
 
 
 def leftovers(samples: dict[str, float], rss_start: float) -> dict[str, float]:
@@ -75,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(seconds_default=600)
     parser.add_argument("--round-seconds", type=float, default=60.0)
     parser.add_argument("--max-rss-growth-mib", type=float, default=512.0)
+    parser.add_argument("--engine-url", help="where vLLM's /metrics is (remote mode's upstream)")
     a = parse_bounded(parser, argv)
+    engine_url = loopback_url(a.engine_url or a.url)
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
-    start = drained(a.url, headers)
+    start = drained(a.url, engine_url, headers)
     rss_start = start.get("process_resident_memory_bytes", 0.0)
     sent, failed, aborted, previous = 0, 0, 0, start
     began = time.monotonic()
@@ -88,19 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = asyncio.run(run_load(
             a.url, a.requests - sent, min(a.round_seconds, end - time.monotonic()),
             a.concurrency, a.ratios, a.max_tokens, a.api_key, a.abort_fraction, a.ignore_eos))
-        samples = drained(a.url, headers)
+        now = drained(a.url, engine_url, headers)
         sent += summary["requests"]
         failed += summary["failed"]
         aborted += summary["statuses"].get("aborted", 0)
-        held = leftovers(samples, rss_start)
+        held = leftovers(now, rss_start)
         checks = passed(summary["failed"], held, a.max_rss_growth_mib)
         print(json.dumps({
             "round": round_no, "at_s": round(time.monotonic() - began, 1), **summary,
             "requests_per_s": round(summary["requests"] / summary["seconds"], 2),
-            "preemptions": samples.get("vllm:num_preemptions_total", 0.0)
+            "preemptions": now.get("vllm:num_preemptions_total", 0.0)
             - previous.get("vllm:num_preemptions_total", 0.0),
             "after_drain": held, "checks": checks}), flush=True)
-        previous = samples
+        previous = now
         if not all(checks.values()):
             return 1
     held = leftovers(previous, rss_start)

@@ -1,13 +1,20 @@
 """A real Prometheus scrapes a real gateway: the dashboard, the alerts, the soak, a dead engine.
 
-One embedded gateway (``breadcrumbs serve`` in a subprocess, so that its exit status is seen)
-over a tiny random model on a KV pool of 24 blocks, small enough that the load preempts; one
-Prometheus (Debian's package, which ``.ci/run`` installs) on loopback with the shipped
-``deploy/prometheus`` config, rewritten only for the target address and a 1 s interval. The
+The module runs twice, once per deployment, each over a tiny random model on a KV pool of
+``POOL_BLOCKS`` blocks, small enough that the load preempts:
+
+- embedded: ``breadcrumbs serve`` in a subprocess (so that its exit status is seen), whose
+  ``/metrics`` carries the gateway's, vLLM's and the plugin's series;
+- remote: ``breadcrumbs serve --upstream`` in front of ``vllm serve`` with the plugin; vLLM's and
+  the plugin's series are on the vLLM server's own ``/metrics``, which Prometheus scrapes as the
+  ``breadcrumbs-vllm`` job that the shipped config documents for remote mode.
+
+One Prometheus (Debian's package, which ``.ci/run`` installs) on loopback with the shipped
+``deploy/prometheus`` config, rewritten only for the target addresses and a 1 s interval. The
 short soak is the mixed load (ratios none/4/8/auto, streaming and not, 20% aborted mid-stream);
 then every PromQL expression of the shipped dashboard must return data, the key series must
-have moved, the alerts must be loaded and quiet; last, the engine core is killed. Run under
-``flock /tmp/bc-cpu.lock``.
+have moved, the alerts must be loaded and quiet; last (embedded only: in remote mode the engine
+is not the gateway's), the engine core is killed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -45,23 +53,48 @@ def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    """(base URL, process) of ``breadcrumbs serve`` with a pool of ``POOL_BLOCKS`` blocks."""
-    tmp = tmp_path_factory.mktemp("prom-gw")
+@dataclass
+class Deployment:
+    mode: str  # "embedded" or "remote"
+    base: str  # the gateway
+    proc: subprocess.Popen  # the gateway's process
+    log: Path
+    engine: str  # where vLLM's /metrics is: the gateway itself, or the vLLM server
+
+
+@pytest.fixture(scope="module", params=["embedded", "remote"])
+def gateway(request, tmp_path_factory):
+    """The gateway (and in remote mode its vLLM server) with a pool of ``POOL_BLOCKS`` blocks."""
+    tmp = tmp_path_factory.mktemp(f"prom-{request.param}")
     model, tokenizer, bc = init_model(2, 64)
     path = save_checkpoint(model, tokenizer, bc, tmp / "tiny")
-    port = free_port()
     env = {**os.environ, "BREADCRUMBS_MAX_MODEL_LEN": "256", "BREADCRUMBS_RATE_LIMIT_PER_MINUTE": "0",
            "BREADCRUMBS_VLLM_ARGS": f"--num-gpu-blocks-override {POOL_BLOCKS}"}
+    serve = [sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--model", str(path),
+             "--port", str(free_port())]
+    upstream = None
+    if request.param == "remote":
+        port = free_port()
+        upstream = _start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                           str(path), "--served-model-name", "tiny", "--host", "127.0.0.1",
+                           "--port", str(port), "--dtype", "float32", "--block-size", "32",
+                           "--max-model-len", "256", "--enforce-eager",
+                           "--num-gpu-blocks-override", str(POOL_BLOCKS)], tmp / "vllm.log",
+                          {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
+                           "VLLM_PLUGINS": "breadcrumbs"})
+        engine = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{engine}/health", upstream, tmp / "vllm.log", 240)
+        serve += ["--upstream", engine]
+    else:
+        serve += ["--kv-cache-gib", "1"]
     log = tmp / "gateway.log"
-    proc = _start([sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--model", str(path),
-                   "--port", str(port), "--kv-cache-gib", "1"], log, env)
-    base = f"http://127.0.0.1:{port}"
+    proc = _start(serve, log, env)
+    base = f"http://127.0.0.1:{serve[serve.index('--port') + 1]}"
     wait_until_up(f"{base}/ready", proc, log, 240)
-    yield base, proc, log
-    if proc.poll() is None:
-        stop(proc)
+    yield Deployment(request.param, base, proc, log, engine if upstream else base)
+    for process in (proc, upstream):
+        if process is not None and process.poll() is None:
+            stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +106,10 @@ def prometheus(gateway, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prom")
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
-    config["scrape_configs"][0]["static_configs"][0]["targets"] = [gateway[0].split("//")[1]]
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [gateway.base.split("//")[1]]
+    if gateway.mode == "remote":  # the job deploy/prometheus/prometheus.yml documents for it
+        config["scrape_configs"].append({"job_name": "breadcrumbs-vllm", "static_configs": [
+            {"targets": [gateway.engine.split("//")[1]]}]})
     for rules in config["rule_files"]:
         shutil.copy(DEPLOY / "prometheus" / rules, tmp / rules)
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -104,7 +140,7 @@ def value(prom: str, expr: str) -> float:
 def soak(gateway, prometheus):
     """The soak's short form is the mixed load; its JSON lines (rounds, then the summary)."""
     done = subprocess.run([sys.executable, str(ROOT / "loadtests/gateway_soak.py"), "--url",
-                           gateway[0], *SOAK], check=False, capture_output=True, text=True,
+                           gateway.base, "--engine-url", gateway.engine, *SOAK], check=False, capture_output=True, text=True,
                           timeout=400, cwd=ROOT / "loadtests")
     assert done.stdout, done.stderr[-3000:]
     time.sleep(3)  # two scrapes after the drain probe
@@ -167,10 +203,12 @@ def test_alert_rules_are_loaded_and_quiet_after_the_soak(soak, prometheus):
     assert not query(prometheus, rules["BreadcrumbsKVBlocksLeaked"]["query"])
 
 
-def test_dashboard_plot_from_prometheus(soak, prometheus, tmp_path):
+def test_dashboard_plot_from_prometheus(gateway, soak, prometheus, tmp_path):
     """``deploy/grafana/plot_dashboard.py`` draws every panel from this Prometheus. With
-    ``BREADCRUMBS_DASHBOARD_PNG`` set, the picture goes there (docs/results/dashboard.png was
-    made this way)."""
+    ``BREADCRUMBS_DASHBOARD_PNG`` set, the embedded run's picture goes there
+    (docs/results/dashboard.png was made this way)."""
+    if gateway.mode == "remote":
+        pytest.skip("drawn from the embedded deployment")
     out = Path(os.environ.get("BREADCRUMBS_DASHBOARD_PNG") or tmp_path / "dashboard.png")
     title = (f"breadcrumbs gateway, soak short form (tiny random model, {POOL_BLOCKS}-block "
              "KV pool), plotted from Prometheus")
@@ -191,7 +229,9 @@ def _engine_core(gateway_pid: int) -> psutil.Process:
 
 def test_dead_engine_fails_requests_and_exits_for_the_supervisor(gateway, prometheus, soak):
     """Last in the module: it kills the gateway's engine."""
-    base, proc, log = gateway
+    if gateway.mode == "remote":
+        pytest.skip("in remote mode the engine is the vLLM server's, not the gateway's")
+    base, proc, log = gateway.base, gateway.proc, gateway.log
     model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
     body = {"model": model, "prompt": "1+1=", "max_tokens": 240, "ignore_eos": True,
             "compression_ratio": 4}
