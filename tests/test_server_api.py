@@ -363,9 +363,15 @@ def test_load_script_runs_bounded_against_the_gateway(server):
     assert summary["kv_blocks_saved"] >= 0 and summary["latency_p95_s"] > 0
 
 
-def test_soak_script_finds_no_leak(server):
+def test_soak_script_finds_no_leak_and_its_run_plots(server, tmp_path):
     done = _script("gateway_soak.py", server[0], "--seconds", "6", "--round-seconds", "3",
                    "--requests", "6", "--concurrency", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     rounds = [json.loads(line) for line in done.stdout.splitlines()]
     assert rounds and all(all(r["checks"].values()) for r in rounds)
+    (tmp_path / "soak.jsonl").write_text(done.stdout)
+    plotted = subprocess.run([sys.executable, str(LOADTESTS / "plot_soak.py"),
+                              str(tmp_path / "soak.jsonl"), "--out", str(tmp_path / "soak.png")],
+                             check=False, capture_output=True, text=True, timeout=120)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
