@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
-.PHONY: setup serve test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
+.PHONY: setup serve router test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
 	student-3 student-4 student-5 student-7 student-8 student ablation
 
 setup: $(STAMP)
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 
 serve: setup
 	$(BIN)/breadcrumbs serve $(ARGS)
+
+# N replicas with the plugin behind the vLLM Router (power_of_two on /get_load), loopback only.
+N ?= 2
+router: setup
+	$(BIN)/breadcrumbs router -n $(N) $(ARGS)
 
 test: setup promtool
 	$(BIN)/python -m pytest -q $(ARGS)

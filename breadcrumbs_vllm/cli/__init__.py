@@ -19,6 +19,7 @@ COMMANDS = [
     "breadcrumbs_vllm.cli.generate",
     "breadcrumbs_vllm.cli.eval",
     "breadcrumbs_vllm.cli.serve",
+    "breadcrumbs_vllm.cli.router",
     "breadcrumbs_vllm.cli.train",
 ]
 
