@@ -53,13 +53,15 @@ def _free_run(n: int) -> int:
 
 
 def _group_alive(pgid: int) -> bool:
+    """A live process (not a zombie waiting for init to reap it) in process group ``pgid``."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                    return True
-            except (OSError, IndexError, ValueError):
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
                 continue
+            if int(group) == pgid and state != "Z":
+                return True
     return False
 
 
@@ -88,7 +90,8 @@ def cluster(tmp_path_factory):
     finally:
         stop(proc)
         # No orphans: nothing is left in the replicas' process groups (engine cores included).
-        assert not [g for g in groups if _group_alive(g)], out.read_text()
+        assert _eventually(lambda: not any(_group_alive(g) for g in groups), 10), \
+            out.read_text()
 
 
 # ---------------------------------------------------------------- helpers
