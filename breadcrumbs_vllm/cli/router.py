@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,11 +71,21 @@ class Child:
     log: Path
 
     def failure(self) -> str:
-        """One line on why it stopped: its exit code and the last line of its log."""
+        """One line on why it stopped: its exit code and its log's last error (vLLM ends a failed
+        start with shutdown noise, so the last line rarely says why), else its last line."""
         lines = [ln.strip() for ln in self.log.read_text(errors="replace").splitlines()
-                 if ln.strip()]
-        last = lines[-1][-300:] if lines else "(empty log)"
-        return f"{self.name} exited with code {self.proc.returncode}: {last} (log: {self.log})"
+                 if ln.strip()] or ["(empty log)"]
+        why = lines[-1]
+        for line in lines:
+            found = _ERROR.search(line)
+            if found and " WARNING " not in line and "root cause above" not in line:
+                why = line[found.start():]
+        return f"{self.name} exited with code {self.proc.returncode}: {why[:300]} " \
+               f"(log: {self.log})"
+
+
+#: A line that says why: ``ValueError: ...`` or argparse's ``prog: error: ...``.
+_ERROR = re.compile(r"\w*(Error|Exception): |\S+: error: ")
 
 
 def on_cpu() -> bool:
@@ -294,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.replicas < 1 or args.poll_interval < 1:
         raise ValueError("--replicas and --poll-interval must be at least 1")
+    if args.replicas < 2 and args.policy == "power_of_two":
+        raise ValueError("power_of_two needs at least 2 replicas; pass -n 2 or another --policy")
     model = Path(args.model) if args.model else bundled_model()
     if model is None or not (model / "config.json").is_file():
         raise FileNotFoundError(f"no model at {model}; pass --model")
