@@ -199,17 +199,9 @@ def run_region(region: Region, parts: StockParts | None, counter: Callgrind | No
 
 
 def serving_engine(path: Path, args):
-    """An engine that logs stats with the stat loggers ``AsyncLLM`` (vLLM's server) loads.
-
-    The offline ``LLMEngine`` does not load ``vllm.stat_logger_plugins``, so its loggers are
-    rebuilt the way ``AsyncLLM`` builds them: the metrics path is then the one a server runs.
-    """
-    from vllm.v1.metrics.loggers import StatLoggerManager, load_stat_logger_plugin_factories
-
-    llm = engine(path, args, disable_log_stats=False, enforce_eager=True)
-    llm.llm_engine.logger_manager = StatLoggerManager(
-        llm.llm_engine.vllm_config, custom_stat_loggers=load_stat_logger_plugin_factories())
-    return llm
+    """An engine that logs stats as a server does (the plugin adds its stat logger to the
+    offline engine as ``AsyncLLM`` would: ``patches._wrap_llm_engine_init``)."""
+    return engine(path, args, disable_log_stats=False, enforce_eager=True)
 
 
 STARTED = time.monotonic()

@@ -4,7 +4,8 @@ One in-process engine. After every engine step the test reads which code path ea
 the scheduler's and the KV-cache manager's classes, and whether the runner's per-step hooks are
 routed to vLLM's own methods. They must be the plugin's exactly while a compressed request is
 live, and stock otherwise; a compressed request that arrives after the plugin went back to stock
-must still decode exactly like the reference engine.
+must still decode exactly like the reference engine. The engine logs stats, as a server does
+(the plugin gives the offline engine its stat logger), so the stats path runs at every step.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class PathProbe:
     def __init__(self, path) -> None:
         self.llm = LLM(model=str(path), dtype="float32", block_size=32, max_model_len=2048,
                        num_gpu_blocks_override=200, enable_prefix_caching=False, seed=0,
-                       enforce_eager=True)
+                       enforce_eager=True, disable_log_stats=False)
         core = self.llm.llm_engine.engine_core.engine_core
         self.scheduler = core.scheduler
         self.runner = core.model_executor.driver_worker.worker.model_runner
@@ -117,3 +118,16 @@ def test_compressed_requests_switch_the_plugin_on_and_off_exactly(probe, tiny_ch
     reference = ReferenceEngine.from_checkpoint(tiny_checkpoint)
     _assert_same(reference, [p for p, _ in requests.values()], [r for _, r in requests.values()],
                  [got[req_id] for req_id in requests])
+
+
+def test_the_offline_engine_exports_the_plugins_metrics(probe, tiny_checkpoint):
+    """vLLM's offline engine loads no stat-logger plugins; the plugin adds its own, so the
+    figures the scheduler shipped every step reached the registry (and vLLM's loggers never
+    met them)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model_name": str(tiny_checkpoint), "engine": "0"}
+    assert REGISTRY.get_sample_value("breadcrumbs_beacons_inserted_total",
+                                     {**labels, "ratio": "8"}) > 0
+    assert REGISTRY.get_sample_value("breadcrumbs_kv_cache_usage_projected_perc", labels) == 0.0
+    assert REGISTRY.get_sample_value("breadcrumbs_kv_blocks_held", {**labels, "ratio": "8"}) == 0

@@ -1,6 +1,6 @@
 """The plugin's small, named patches of vLLM internals, checked against the pinned vLLM 0.32.0.
 
-vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so six methods are wrapped.
+vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so seven methods are wrapped.
 Each wrapper calls the original and engages only for beacon models. Every patch records the
 signature it was written against; :func:`check_surface` refuses to patch a different one, and
 ``tests/test_plugin_units.py`` fails if an upgrade changes any of them.
@@ -180,6 +180,27 @@ def _wrap_create_engine_config(original):
     return create_engine_config
 
 
+def _wrap_llm_engine_init(original):
+    """The offline engine (``vllm.LLM``) with stats on: add the plugin's stat logger.
+
+    ``AsyncLLM`` (vLLM's server) loads ``vllm.stat_logger_plugins``; the offline ``LLMEngine``
+    does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` every
+    step, and vLLM's own loggers, meeting that dict with no KV connector configured, fail; the
+    plugin's logger takes its payload out first. So for beacon models the offline engine gets
+    the logger ``AsyncLLM`` would have loaded. (``vllm.LLM`` passes ``stat_loggers`` by keyword.)
+    """
+    def __init__(self, vllm_config, *args, **kwargs):
+        from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
+        from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+
+        if BeaconModel.from_model_config(vllm_config.model_config) is not None:
+            loggers = list(kwargs.get("stat_loggers") or [])
+            if BreadcrumbsStatLogger not in loggers:
+                kwargs["stat_loggers"] = [*loggers, BreadcrumbsStatLogger]
+        original(self, vllm_config, *args, **kwargs)
+    return __init__
+
+
 def _is_beacon_checkpoint(model: str) -> bool:
     from breadcrumbs_vllm.checkpoint import CheckpointError, read_breadcrumbs_config
 
@@ -222,6 +243,7 @@ def _params(owner: type, method: str) -> tuple[str, ...]:
 def all_patches() -> list[Patch]:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.llm_engine import LLMEngine
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     return [
@@ -239,6 +261,10 @@ def all_patches() -> list[Patch]:
               ("self", "params", "supported_tasks"), _wrap_validate_params),
         Patch("engine-config-beacon-scheduler", EngineArgs, "create_engine_config",
               ("self", "usage_context", "headless"), _wrap_create_engine_config),
+        Patch("offline-engine-stat-logger", LLMEngine, "__init__",
+              ("self", "vllm_config", "executor_class", "log_stats", "aggregate_engine_logging",
+               "usage_context", "stat_loggers", "mm_registry", "multiprocess_mode"),
+              _wrap_llm_engine_init),
     ]
 
 
