@@ -75,6 +75,8 @@ class CompressionLayer:
             account = RequestAccount(label, self._take_ratio(body))
             self._apply_caps(body, cap_fields)
             _refuse_what_cannot_compress(body, account.requested)
+            if label == "responses":
+                _refuse_output_messages_vllm_cannot_read(body)
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -180,6 +182,26 @@ def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:
         raise APIError(400, "use_beam_search cannot be combined with compression (vLLM's beam "
                             "search drops the request's compression_ratio); send "
                             "compression_ratio null", param="use_beam_search")
+
+
+def _refuse_output_messages_vllm_cannot_read(body: dict[str, Any]) -> None:
+    """400 for an earlier assistant message in ``/v1/responses`` input whose content does not
+    start with ``output_text`` (a ``refusal`` part, or no part at all).
+
+    vLLM 0.32 reads such a message as ``item.content[0].text``
+    (``responses/utils.py: _construct_message_from_response_item``), which raises
+    ``AttributeError`` / ``IndexError``: a 500 for what is bad input (schemathesis found it).
+    """
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not (isinstance(item, dict) and item.get("type") == "message"
+                and item.get("role") == "assistant" and isinstance(item.get("content"), list)):
+            continue
+        parts = item["content"]
+        if not parts or not isinstance(parts[0], dict) or parts[0].get("type") != "output_text":
+            raise APIError(400, "an assistant message in input must start with an output_text "
+                                "part (vLLM cannot read refusal parts or empty content there)",
+                           param=f"input[{i}].content")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -179,6 +179,11 @@ def test_layer_refuses_bad_ratios_and_caps_before_the_engine(checkpoint):
             resp = client.post("/v1/chat/completions", json={**chat, **extra}, headers=auth)
             assert resp.status_code == 400, resp.text
             assert resp.json()["error"]["param"] == param
+        refusal = {"type": "message", "role": "assistant", "id": "m1", "status": "completed",
+                   "content": [{"type": "refusal", "refusal": "no"}]}
+        resp = client.post("/v1/responses", headers=auth, json={
+            "model": "tiny", "input": [{"role": "user", "content": "x"}, refusal]})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "input[1].content"
         assert not fake.bodies  # nothing reached the engine
         assert client.post("/v1/chat/completions", json=chat).status_code == 401
         ok = client.post("/v1/chat/completions", json=chat, headers=auth)
