@@ -18,7 +18,7 @@ from breadcrumbs_vllm.checkpoint import (
 )
 from breadcrumbs_vllm.cli import serve
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
-from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio, growth
+from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio
 from server import Settings, create_app
 from server.compression import RatioPolicy, choice_savings
 from server.engines.remote import RemoteBackend
@@ -50,9 +50,7 @@ def test_auto_takes_least_compression_that_fits(used, growth, expected):
     assert choose_ratio(CONFIG.ratios, 10, 90, projection, target=0.8) == expected
 
 
-def test_projected_usage_counts_remaining_growth_only():
-    # (peak, live): a request past its peak adds nothing; a waiting one adds its whole peak.
-    assert growth([(100, 40), (36, 50), (56, 0)]) == 60 + 0 + 56
+def test_projected_usage_adds_the_remaining_growth_over_the_pool():
     assert KVProjection(0.25, 500, 2000).usage == 0.5
     assert KVProjection(0.0, 10, 0).usage == 0.0
 

@@ -7,6 +7,7 @@ boundaries, physical KV slots and block counts without a side channel.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +75,7 @@ class RequestCompression:
         assert self.schedule.ratio is not None
         return self.schedule.ratio
 
-    @property
+    @functools.cached_property
     def peak_entries(self) -> int:
         """The most KV entries this request can hold before ``max_tokens`` ends it (rule 5)."""
         return self.schedule.peak_kv_entries(self.max_tokens)

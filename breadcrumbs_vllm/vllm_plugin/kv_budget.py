@@ -26,7 +26,7 @@ and compression rises with load: a busy engine degrades memory before it queues.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from breadcrumbs_vllm.spec import BeaconSchedule
@@ -50,11 +50,6 @@ class KVProjection:
         if self.capacity_tokens <= 0:
             return 0.0
         return self.used + self.growth_tokens / self.capacity_tokens
-
-
-def growth(requests: Iterable[tuple[int, int]]) -> int:
-    """``sum(max(0, peak - live))`` over ``(peak, live)`` pairs."""
-    return sum(max(0, peak - live) for peak, live in requests)
 
 
 def choose_ratio(ratios: Sequence[int], prompt_len: int, max_tokens: int,

@@ -54,23 +54,26 @@ class CompressionStats:
         getattr(self, name)[ratio] += amount
         self.totals[name][ratio] += amount
 
-    def drain(self, holdings: dict[int, tuple[int, int]], projected: float) -> dict[str, Any]:
+    def drain(self, holdings: dict[int, tuple[int, int]] | None,
+              projected: float) -> dict[str, Any]:
         """The counts since the last drain (then reset), ``holdings`` and ``projected``, as plain
-        data.
+        data; a count with nothing new and ``holdings`` ``None`` are left out (the stock path's
+        payload is the projection alone: it ships every step).
 
         ``holdings`` is ``{ratio: (blocks held, blocks the same requests would hold
         uncompressed)}`` now; ``projected`` the engine's projected KV usage (``kv_budget.py``).
         """
-        payload: dict[str, Any] = {name: {str(r): n for r, n in getattr(self, name).items()}
-                                   for name in ("beacons", "evicted", "freed")}
-        payload["holdings"] = {str(r): list(pair) for r, pair in holdings.items()}
-        payload["projected"] = projected
-        self.beacons.clear()
-        self.evicted.clear()
-        self.freed.clear()
+        payload: dict[str, Any] = {"projected": projected}
+        for name in ("beacons", "evicted", "freed"):
+            counts = getattr(self, name)
+            if counts:
+                payload[name] = {str(r): n for r, n in counts.items()}
+                counts.clear()
+        if holdings is not None:
+            payload["holdings"] = {str(r): list(pair) for r, pair in holdings.items()}
         return payload
 
-    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]],
+    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]] | None,
                projected: float) -> None:
         """Ship :meth:`drain` to the front end inside this step's ``SchedulerStats``."""
         carried = dict(scheduler_stats.kv_connector_stats or {})
@@ -131,9 +134,11 @@ class PrometheusCompressionMetrics:
         """Add one engine's step payload to that engine's series."""
         self.projected.labels(model_name, engine).set(payload["projected"])
         for name, counter in self.counters.items():
-            for ratio, amount in payload[name].items():
+            for ratio, amount in payload.get(name, {}).items():
                 counter.labels(model_name, engine, ratio).inc(amount)
-        holdings = payload["holdings"]
+        holdings = payload.get("holdings")
+        if holdings is None:  # the stock path: nothing compressed since the last zeroing
+            return
         seen = self._seen_ratios.setdefault((model_name, engine), set())
         seen |= set(holdings)
         for ratio in seen:  # a ratio with no live request drops to 0
