@@ -58,7 +58,7 @@ class CompressionStats:
               projected: float) -> dict[str, Any]:
         """The counts since the last drain (then reset), ``holdings`` and ``projected``, as plain
         data; a count with nothing new and ``holdings`` ``None`` are left out (the stock path's
-        payload is the projection alone: it ships every step).
+        payload is the projection alone).
 
         ``holdings`` is ``{ratio: (blocks held, blocks the same requests would hold
         uncompressed)}`` now; ``projected`` the engine's projected KV usage (``kv_budget.py``).

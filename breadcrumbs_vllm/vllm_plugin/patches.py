@@ -184,8 +184,8 @@ def _wrap_llm_engine_init(original):
     """The offline engine (``vllm.LLM``) with stats on: add the plugin's stat logger.
 
     ``AsyncLLM`` (vLLM's server) loads ``vllm.stat_logger_plugins``; the offline ``LLMEngine``
-    does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` every
-    step, and vLLM's own loggers, meeting that dict with no KV connector configured, fail; the
+    does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` (with
+    or without compression), and vLLM's own loggers, meeting that dict with no KV connector configured, fail; the
     plugin's logger takes its payload out first. So for beacon models the offline engine gets
     the logger ``AsyncLLM`` would have loaded. (``vllm.LLM`` passes ``stat_loggers`` by keyword.)
     """

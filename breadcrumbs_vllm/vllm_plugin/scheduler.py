@@ -137,8 +137,8 @@ class BreadcrumbsScheduler(Scheduler):
     def kv_projection(self) -> KVProjection:
         """This engine's pool now and its unfinished requests' remaining growth (kv_budget.py).
 
-        Cost: a few integer operations per unfinished request, once per step (stats) and once
-        per ``"auto"`` request.
+        Cost: a few integer operations per unfinished request, each time the stats ship (see
+        :meth:`make_stats`) and once per ``"auto"`` request.
         """
         compressed, remaining = self.compressed, 0
         for request in self.requests.values():  # inlined: this runs on every step
@@ -176,8 +176,8 @@ class BreadcrumbsScheduler(Scheduler):
         drop the held/saved gauges to 0). The projected usage ships too, compressed or not (a
         router balances on it): every step while compressing; on the stock path alone, every
         :data:`PROJECTION_EVERY` steps and on the step the engine empties (so it is exact at
-        rest): computing it every step cost 1.2% of stock's instructions per step with
-        compression off, every 8th step 0.6% less (``loadtests/bench_instructions.py``).
+        rest). With compression off, shipping it every step cost 1.5-2.3% of stock's
+        instructions per step, every 8th step 0.6% (``loadtests/bench_instructions.py``).
         """
         stats = super().make_stats(*args, **kwargs)
         if stats is not None:  # None when the engine runs without stats (``log_stats``)
