@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# MODEL=PATH serves another checkpoint folder (default: the bundled models/countdown-student).
 serve: setup
-	$(BIN)/breadcrumbs serve $(ARGS)
+	$(BIN)/breadcrumbs serve $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 # N replicas with the plugin behind the vLLM Router (power_of_two on /get_load), loopback only.
 N ?= 2

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from breadcrumbs_vllm.tasks import TASKS, get_task, parse_task_options
 from breadcrumbs_vllm.tasks.base import MAX_ANSWER_CHARS, Problem, final_answer, parse_int
 from breadcrumbs_vllm.tasks.countdown import apply_op, evaluate
+from breadcrumbs_vllm.tasks.stargraph import LETTERS
 from breadcrumbs_vllm.tokenizer import ALPHABET
 
 NAMES = sorted(TASKS)
@@ -339,6 +340,29 @@ def test_stargraph_knobs_change_the_problems():
     assert len(p.data["edges"]) == 10
     assert all(0 <= n <= 20 for e in p.data["edges"] for n in e)
     assert len(final_answer(get_task("stargraph", arms=5, length=2).solve(p)).split(",")) == 3
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_stargraph_letters_name_each_node_with_one_letter(seed):
+    numbers, letters = get_task("stargraph"), get_task("stargraph", letters=True)
+    p = numbers.problems(1, seed)[0]
+    q = letters.problems(1, seed)[0]
+    assert q.data == p.data  # the same graph, only written differently
+    names = {u: LETTERS[u] for e in p.data["edges"] for u in e}
+    assert q.prompt == re.sub(r"\d+", lambda m: names[int(m[0])], p.prompt)
+    assert letters.solve(q) == re.sub(r"\d+", lambda m: names[int(m[0])], numbers.solve(p))
+    path = final_answer(letters.solve(q))
+    assert letters.verify(q, with_answer(letters.solve(q), path.replace(",", " , "))) == 1.0
+    for wrong in (path[::-1], path[2:], ",".join(str(LETTERS.index(n)) for n in path.split(",")),
+                  path + "," + path[-1], path.replace(",", "")):
+        assert letters.verify(q, with_answer(letters.solve(q), wrong)) == 0.0, wrong
+
+
+def test_stargraph_letters_need_few_enough_nodes():
+    get_task("stargraph", arms=5, length=9, max_node=51, letters=True)
+    with pytest.raises(ValueError, match="at most 52 nodes"):
+        get_task("stargraph", max_node=52, letters=True)
 
 
 def test_countdown_knobs_no_problem_fits_fail_loudly():
