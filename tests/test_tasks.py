@@ -314,6 +314,48 @@ def test_linsys_knobs_change_the_problems():
     assert all(len(one("linsys", s).data["matrix"]) == 3 for s in range(5))
 
 
+@SETTINGS
+@given(seed=seeds)
+def test_linsys_show_work_writes_each_operation_and_the_same_equations(seed):
+    """``show_work`` adds the arithmetic, and only that: the same problem, the same derived
+    equations and answer as the short trace, and every product and sum written is right."""
+    short, worked = get_task("linsys", coef_max=3), get_task("linsys", coef_max=3, show_work=True)
+    problem = short.problems(1, seed)[0]
+    assert worked.problems(1, seed)[0] == problem
+    short_lines, worked_lines = short.solve(problem).split("\n"), worked.solve(problem).split("\n")
+    assert len(short_lines) == len(worked_lines)
+    for plain, shown in zip(short_lines, worked_lines):
+        label, _, rest = plain.partition("=")
+        if not re.fullmatch(r"E\d+", label):  # back-substitution and the answer are unchanged
+            assert shown == plain
+            continue
+        assert re.split(r": |, ", shown)[-1] == plain.split(": ")[-1]  # the same new equation
+        columns = re.findall(r"[xyzr]: (\d+)\*\(?(-?\d+)\)?([+-]\d+)\*\(?(-?\d+)\)?="
+                             r"(-?\d+)([+-]\d+)=(-?\d+)", shown)
+        assert len(columns) == 4  # x, y, z and the right-hand side
+        for a, t, b, p, at, bp, total in columns:
+            assert int(a) * int(t) == int(at) and int(b) * int(p) == int(bp)
+            assert int(at) + int(bp) == int(total)
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_linsys_show_work_2_copies_the_cancelled_coefficients_first(seed):
+    one, two = get_task("linsys", show_work=1), get_task("linsys", show_work=2)
+    problem = one.problems(1, seed)[0]
+    for plain, shown in zip(one.solve(problem).split("\n"), two.solve(problem).split("\n"),
+                            strict=True):
+        prefix = re.match(r"cancel ([xyz]): (E\d+) (-?\d+), (E\d+) (-?\d+), ", shown)
+        if prefix is None:
+            assert shown == plain and not re.match(r"E\d+=", plain)
+            continue
+        var, target, t, pivot, p = prefix.groups()
+        assert shown[prefix.end():] == plain
+        assert re.match(rf"E\d+=\d*{target}[+-]\d*{pivot}: ", plain)  # target, then pivot
+        column = re.search(rf"{var}: \d+\*\(?(-?\d+)\)?[+-]\d+\*\(?(-?\d+)\)?=", plain)
+        assert column.groups() == (t, p)  # the cancelled column's operands
+
+
 # --- StarGraph ---------------------------------------------------------------------------------
 
 @SETTINGS

@@ -80,6 +80,20 @@ def test_teacher_init_continues_a_checkpoint_with_grpo(teacher: Path) -> None:
         assert torch.equal(a, b)
 
 
+def test_teacher_init_task_option_moves_the_curriculum(teacher: Path) -> None:
+    """With --init a --task-option replaces that one knob; the SFT batches and the new checkpoint
+    follow it, and the checkpoint's other knobs carry over."""
+    out = teacher.parent / "teacher-harder"
+    assert main(["train", "teacher", "--init", str(teacher), "--out", str(out),
+                 "--task-option", "high=20", "--task-option", "count=3", "--sft-steps", "1",
+                 "--sft-batch", "2", "--rl-steps", "0", "--eval-every", "100", *TINY]) == 0
+    assert read_breadcrumbs_config(out).task_options == {"high": 20, "count": 3}
+    recorded = TrainConfig.from_json((out / "training_config.json").read_text())
+    assert recorded.task_options == {"high": 20, "count": 3}
+    assert main(["train", "teacher", "--init", str(teacher), "--out", str(out.parent / "bad"),
+                 "--task-option", "no_such_knob=1", "--sft-steps", "1", *TINY]) == 2
+
+
 def test_grpo_kl_penalty_keeps_its_reference_across_resume(tmp_path: Path) -> None:
     """The KL reference is the policy RL started from, and a resumed run gets that one back."""
     cfg = TrainConfig(stage="teacher", sft_steps=0, rl_steps=3, rl_problems=2, group=2,

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     teacher.add_argument("--init", default=None,
                          help="start from this teacher checkpoint instead of random weights (e.g. "
                               "more GRPO with --sft-steps 0); its size and task replace "
-                              "--layers, --hidden, --task and --task-option")
+                              "--layers, --hidden and --task; a --task-option given here "
+                              "replaces that one knob of the checkpoint's (a curriculum)")
     student = stages.add_parser("student", help="beacon student distilled from --teacher")
     student.add_argument("--teacher", default=None,
                          help="teacher checkpoint folder (required, except with --resume: the "
@@ -227,13 +228,20 @@ def teacher_config_from_init(args: argparse.Namespace, common: dict):
     import json
 
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.tasks import get_task, parse_task_options
     from breadcrumbs_vllm.training.config import TrainConfig
 
     bc = read_breadcrumbs_config(args.init)  # one-line error if no checkpoint
     config = json.loads((Path(args.init) / "config.json").read_text())
     if args.sft_steps + args.rl_steps < 1:
         raise ValueError("a teacher run needs --sft-steps or --rl-steps >= 1")
-    return TrainConfig(task=bc.task or "countdown", task_options=bc.task_options, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+    task = bc.task or "countdown"
+    # A curriculum: the knobs named here replace the checkpoint's, the others carry over, and the
+    # new checkpoint records the merged set (the distribution it was last trained on).
+    task_options = {**bc.task_options, **parse_task_options(args.task_option)}
+    get_task(task, **task_options)  # an unknown knob fails before any training
+    return TrainConfig(task=task, task_options=task_options,
+                       layers=config["num_hidden_layers"], hidden=config["hidden_size"],
                        sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr,
                        init=str(Path(args.init).resolve()), **common)
 

@@ -155,6 +155,7 @@ class Run:
             model, _, self.bc = load_checkpoint(self.out, attn_implementation="sdpa")
         elif cfg.init is not None:  # e.g. more GRPO on a finished teacher
             model, _, self.bc = load_checkpoint(cfg.init, attn_implementation="sdpa")
+            self.bc.task_options = dict(cfg.task_options)  # --task-option may move the curriculum
         else:
             model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
                                            ratios=cfg.ratios, task=cfg.task,
