@@ -345,6 +345,9 @@ def test_linsys_show_work_2_copies_the_cancelled_coefficients_first(seed):
     problem = one.problems(1, seed)[0]
     for plain, shown in zip(one.solve(problem).split("\n"), two.solve(problem).split("\n"),
                             strict=True):
+        if not plain.startswith("E") or ":" in plain.partition("=")[0]:
+            assert shown == plain  # back-substitution and the answer are level 1's
+            continue
         prefix = re.match(r"cancel ([xyz]): (E\d+) (-?\d+), (E\d+) (-?\d+), ", shown)
         if prefix is None:
             assert shown == plain and not re.match(r"E\d+=", plain)
@@ -354,6 +357,25 @@ def test_linsys_show_work_2_copies_the_cancelled_coefficients_first(seed):
         assert re.match(rf"E\d+=\d*{target}[+-]\d*{pivot}: ", plain)  # target, then pivot
         column = re.search(rf"{var}: \d+\*\(?(-?\d+)\)?[+-]\d+\*\(?(-?\d+)\)?=", plain)
         assert column.groups() == (t, p)  # the cancelled column's operands
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_linsys_show_work_3_writes_the_back_substitution_products(seed):
+    two, three = get_task("linsys", show_work=2), get_task("linsys", show_work=3)
+    problem = two.problems(1, seed)[0]
+    for plain, shown in zip(two.solve(problem).split("\n"), three.solve(problem).split("\n"),
+                            strict=True):
+        moved = re.fullmatch(r"(E\d+: -?\d*[xyz]=)(-?\d+)((?:[+-]\d+\*\(?-?\d+\)?)+)=(-?\d+)(, .*)",
+                             plain)
+        if moved is None:
+            assert shown == plain
+            continue
+        head, b, terms, total, tail = moved.groups()
+        products = "".join(f"{int(c) * int(v):+d}"
+                           for c, v in re.findall(r"([+-]\d+)\*\(?(-?\d+)\)?", terms))
+        assert shown == f"{head}{b}{terms}={b}{products}={total}{tail}"
+        assert int(b) + sum(int(x) for x in re.findall(r"[+-]\d+", products)) == int(total)
 
 
 # --- StarGraph ---------------------------------------------------------------------------------

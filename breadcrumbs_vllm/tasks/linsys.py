@@ -31,6 +31,8 @@ multipliers, which otherwise need both coefficients' signs recalled at one token
     cancel x: E2 1, E1 -1, E4=E2+E1: x: 1*1+1*(-1)=1-1=0, ...
 
 (with ``show_work=1`` the wrong sign there was 24 of 32 greedy failures after 1500 steps).
+``show_work=3`` also writes a back-substitution's products before their sum
+(``E1: x=-13+2*4-1*(-8)=-13+8+8=3, x=3``), where level 2's greedy failures were.
 """
 
 from __future__ import annotations
@@ -70,12 +72,12 @@ class LinSys(Task):
         if not 2 <= unknowns <= len(VARIABLES) or coef_max < 1 or value_max < 0:
             raise ValueError(f"linsys needs 2..{len(VARIABLES)} unknowns, coef_max >= 1 and "
                              "value_max >= 0")
-        if show_work not in (0, 1, 2):
-            raise ValueError(f"linsys show_work is 0, 1 or 2 (false, true), not {show_work!r}")
+        if show_work not in (0, 1, 2, 3):
+            raise ValueError(f"linsys show_work is 0 to 3 (false, true), not {show_work!r}")
         self.unknowns = unknowns
         self.coef_max = coef_max
         self.value_max = value_max
-        self.show_work = int(show_work)  # 0, 1 or 2 (true is 1)
+        self.show_work = int(show_work)  # 0 to 3 (true is 1)
 
     def generate(self, rng: random.Random) -> Problem:
         """Random solution, random non-singular matrix; the right-hand sides follow."""
@@ -113,7 +115,7 @@ class LinSys(Task):
                 step = _eliminate(equations[label], equations[pivot], col)
                 equations[new] = step.result
                 line = f"{new}={step.text(label, pivot, names, self.show_work > 0)}"
-                if self.show_work == 2:
+                if self.show_work >= 2:
                     line = (f"cancel {names[col]}: {label} {equations[label][0][col]}, "
                             f"{pivot} {equations[pivot][0][col]}, {line}")
                 lines.append(line)
@@ -122,8 +124,10 @@ class LinSys(Task):
         for col in reversed(range(len(names))):
             label = pivots[col]
             coefs, b = equations[label]
-            moved = "".join(f"{-coefs[k]:+d}*{_paren(values[k])}" for k in sorted(values)
-                            if coefs[k])
+            known = [k for k in sorted(values) if coefs[k]]
+            moved = "".join(f"{-coefs[k]:+d}*{_paren(values[k])}" for k in known)
+            if moved and self.show_work >= 3:
+                moved += f"={b}" + "".join(f"{-coefs[k] * values[k]:+d}" for k in known)
             total = b - sum(coefs[k] * values[k] for k in values)
             values[col] = total // coefs[col]
             lhs = _term(coefs[col], names[col], True)
