@@ -378,6 +378,27 @@ def test_linsys_show_work_3_writes_the_back_substitution_products(seed):
         assert int(b) + sum(int(x) for x in re.findall(r"[+-]\d+", products)) == int(total)
 
 
+def test_linsys_diagnose_names_the_first_line_that_leaves_the_solver():
+    task = get_task("linsys", coef_max=3, show_work=3)
+    problem = task.problems(1, 0)[0]
+    trace = task.solve(problem)
+    wrong = trace.rpartition("\n")[0] + "\nAnswer: x=1, y=4, z=-8"  # every failure below ends so
+    assert task.diagnose(problem, trace) == "correct"
+    assert task.diagnose(problem, wrong) == "wrong answer"
+    assert task.diagnose(problem, trace.rpartition("\n")[0]) == "no answer"
+    first, rest = wrong.split("\n", 1)
+    assert first.startswith("cancel x: E2 -2, E1 1, E4=E2+2E1: x: 1*(-2)+2*1=-2+2=0, y: ")
+    for edited, fault in [(first.replace("E2 -2", "E2 2"), "elimination: operand"),
+                          (first.replace("E4=E2+2E1", "E4=E2-2E1"), "elimination: multipliers"),
+                          (first.replace("1*(-2)+2*1", "1*2+2*1"), "elimination: operand"),
+                          (first.replace("=-2+2=0", "=-2+2=1"), "elimination: arithmetic"),
+                          (first.replace("/5: -y=-4", "/5: -y=-3"), "elimination: equation"),
+                          (first.replace("y: ", "y "), "format")]:
+        assert edited != first and task.diagnose(problem, edited + "\n" + rest) == fault, fault
+    back = wrong.replace("=-13+8+8=3", "=-13+8+8=2")
+    assert back != wrong and task.diagnose(problem, back) == "back-substitution"
+
+
 # --- StarGraph ---------------------------------------------------------------------------------
 
 @SETTINGS

@@ -38,10 +38,11 @@ multipliers, which otherwise need both coefficients' signs recalled at one token
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from math import gcd, lcm
 
-from breadcrumbs_vllm.tasks.base import Problem, Task, parse_int
+from breadcrumbs_vllm.tasks.base import Problem, Task, final_answer, parse_int
 
 VARIABLES = "xyz"
 
@@ -155,6 +156,53 @@ class LinSys(Task):
         x = [values[v] for v in names]
         return all(sum(c * v for c, v in zip(row, x)) == b
                    for row, b in zip(problem.data["matrix"], problem.data["rhs"]))
+
+
+    def diagnose(self, problem: Problem, completion: str) -> str:
+        """The first line that differs from the solver's trace, and what in it differs.
+
+        The solver is deterministic and the models are trained on its traces, so the first
+        divergence is where a failed trace went wrong: ``elimination: multipliers`` (the
+        combination picked), ``elimination: operand`` (a coefficient copied wrongly),
+        ``elimination: arithmetic`` (a product or sum with ``show_work``), ``elimination:
+        equation`` (the new equation or its division), ``back-substitution``, ``format`` (the line
+        has another shape), ``wrong answer`` (every line right but the answer), ``no answer``.
+        """
+        if self.verify(problem, completion):
+            return "correct"
+        solver = self.solve(problem).split("\n")
+        written = [line.strip() for line in completion.split("\n") if line.strip()]
+        for got, want in zip(written, solver):
+            if got == want:
+                continue
+            if want.startswith("Answer"):
+                return "wrong answer"
+            if not (want.startswith("cancel") or want.split(":")[0].count("=")):
+                return "back-substitution"
+            got_parts, want_parts = _elimination_parts(got), _elimination_parts(want)
+            if [k for k, _ in got_parts] != [k for k, _ in want_parts]:
+                return "format"
+            return "elimination: " + next(k for (k, g), (_, w) in zip(got_parts, want_parts)
+                                          if g != w)
+        return "no answer" if final_answer(completion) is None else "wrong answer"
+
+
+def _elimination_parts(line: str) -> list[tuple[str, str]]:
+    """An elimination line as ``(kind, text)`` pieces, in order, for :meth:`LinSys.diagnose`."""
+    parts: list[tuple[str, str]] = []
+    cancel = re.match(r"cancel [xyz]: [^,]*, [^,]*, ", line)
+    if cancel:
+        parts.append(("operand", cancel.group()))
+        line = line[cancel.end():]
+    head, _, rest = line.partition(": ")
+    parts.append(("multipliers", head))
+    for segment in rest.split(", "):
+        column = re.fullmatch(r"[xyzr]: ([^=]*)=([^=]*)=(.*)", segment)
+        if column:
+            parts += [("operand", column[1]), ("arithmetic", column[2]), ("arithmetic", column[3])]
+        else:
+            parts.append(("equation", segment))
+    return parts
 
 
 def _paren(value: int) -> str:
