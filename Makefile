@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
 .PHONY: setup serve router test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
-	student-3 student-4 student-5 student-7 student-8 student ablation
+	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher linsys-student-1 \
+	linsys-student
 
 setup: $(STAMP)
 
@@ -114,3 +115,24 @@ ablation: setup  # joint vs sequential from stage 1 (teacher-1's student): 20 ro
 		$(ROLLOUTS)
 	$(TRAIN) student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) --out runs/student-seq \
 		$(ROLLOUTS) --sequential
+
+# LinSys (3 unknowns, coefficients up to 3, values up to 5, every operation written out:
+# show_work=3): a teacher from random weights, then its student distilled on solver traces.
+# Both ran on 2 cores of a CPU with native bf16.
+LINSYS := --task linsys --task-option coef_max=3 --task-option value_max=5 --task-option show_work=3
+
+linsys-teacher: setup  # models/linsys-teacher: 3500 SFT steps from random weights, 88 min
+	$(TRAIN) teacher $(LINSYS) --out runs/linsys-teacher --layers 4 --hidden 128 --sft-steps 3500 \
+		--sft-batch 32 --lr 2e-3 --rl-steps 0 --temperature 0.7 --max-tokens 640 --eval-every 500 \
+		--eval-n 32 --seed 5 --threads 2 --mixed-precision auto
+
+LINSYS_STUDENT := student --teacher models/linsys-teacher --ratios 2,4,8,16,32 --max-tokens 640 \
+	--eval-n 16 --eval-every 500 --threads 2 $(TRACES)
+
+linsys-student-1: setup  # models/stages/linsys-student-1: 1500 trace-distillation steps, 54.9 min
+	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 1 --out runs/linsys-student-1 --trace-steps 1500 \
+		--distill-lr 1e-3 --seed 0
+
+linsys-student: setup  # models/linsys-student: 1250 more steps, trace cross-entropy 3x, 44.8 min
+	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-1 --out runs/linsys-student \
+		--trace-steps 1250 --distill-lr 1e-3 --seed 1
