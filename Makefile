@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(VARIANT)
 
 .PHONY: setup serve router test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
 	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher linsys-student-1 \
-	linsys-student
+	linsys-student-2 linsys-student-3 linsys-student
 
 setup: $(STAMP)
 
@@ -133,6 +133,17 @@ linsys-student-1: setup  # models/stages/linsys-student-1: 1500 trace-distillati
 	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 1 --out runs/linsys-student-1 --trace-steps 1500 \
 		--distill-lr 1e-3 --seed 0
 
-linsys-student: setup  # models/linsys-student: 1250 more steps, trace cross-entropy 3x, 44.8 min
-	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-1 --out runs/linsys-student \
+linsys-student-2: setup  # models/stages/linsys-student-2: 1250 more steps, trace cross-entropy 3x, 44.8 min
+	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-1 --out runs/linsys-student-2 \
 		--trace-steps 1250 --distill-lr 1e-3 --seed 1
+
+# The last two LinSys stages ran on a lent H200 GPU (the same command picks it up through
+# accelerate), with 128 traces a step; they evaluate only at their last step.
+linsys-student-3: setup  # models/stages/linsys-student-3: 250 steps of 128 traces, 4.9 min on an H200
+	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-2 --out runs/linsys-student-3 \
+		--trace-steps 250 --trace-batch 128 --distill-lr 1e-3 --seed 2 --eval-every 1000000
+
+linsys-student: setup  # models/linsys-student: 280 more steps of 128 traces, 4.7 min on an H200
+	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-3 --out runs/linsys-student \
+		--trace-steps 280 --trace-batch 128 --warmup 20 --distill-lr 1e-3 --seed 3 --eval-every 1000000 \
+		--eval-n 4

@@ -68,6 +68,7 @@ class _LayerKV:
     values: torch.Tensor
 
     def keep(self, index: torch.Tensor) -> None:
+        index = index.to(self.keys.device)  # policies decide on the CPU; the cache may be on a GPU
         self.keys = self.keys[:, index]
         self.values = self.values[:, index]
 
@@ -109,6 +110,9 @@ class ReferenceEngine:
         bc: BreadcrumbsConfig,
     ) -> None:
         self.model = model.eval()
+        #: Where the cache and the model inputs live. Sampling and baseline policies run on the
+        #: CPU (a seeded CPU generator draws the same tokens whatever the model's device).
+        self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.bc = bc
         self.beacon_id = bc.beacon_token_id
@@ -156,10 +160,10 @@ class ReferenceEngine:
         if request.temperature > 0:
             generator = torch.Generator().manual_seed(request.seed if request.seed is not None else 0)
         cache = DynamicCache()
-        prompt = torch.tensor([request.prompt_ids])
+        prompt = torch.tensor([request.prompt_ids], device=self.device)
         out = self.model(
             input_ids=prompt,
-            position_ids=torch.arange(len(request.prompt_ids))[None],
+            position_ids=torch.arange(len(request.prompt_ids), device=self.device)[None],
             past_key_values=cache,
             use_cache=True,
         )
@@ -181,20 +185,21 @@ class ReferenceEngine:
         dtype = seqs[0].layers[0].keys.dtype
         cache = DynamicCache()
         for layer_idx in range(len(seqs[0].layers)):
-            keys = torch.zeros(batch, heads, width, dim, dtype=dtype)
+            keys = torch.zeros(batch, heads, width, dim, dtype=dtype, device=self.device)
             values = torch.zeros_like(keys)
             for b, s in enumerate(seqs):  # left padding: the newest entry lines up at the end
                 keys[b, :, width - s.kv_len:] = s.layers[layer_idx].keys
                 values[b, :, width - s.kv_len:] = s.layers[layer_idx].values
             cache.update(keys, values, layer_idx)
-        mask = torch.full((batch, 1, 1, width + 1), torch.finfo(dtype).min, dtype=dtype)
+        mask = torch.full((batch, 1, 1, width + 1), torch.finfo(dtype).min, dtype=dtype,
+                          device=self.device)
         for b, s in enumerate(seqs):
             mask[b, ..., width - s.kv_len:] = 0.0
         tokens = [self.beacon_id if s.feeds_beacon else s.pending for s in seqs]
         needs_attention = any(s.request.policy and s.request.policy.needs_attention for s in seqs)
         out = self.model(
-            input_ids=torch.tensor(tokens)[:, None],
-            position_ids=torch.tensor([s.next_position for s in seqs])[:, None],
+            input_ids=torch.tensor(tokens, device=self.device)[:, None],
+            position_ids=torch.tensor([s.next_position for s in seqs], device=self.device)[:, None],
             attention_mask=mask,
             past_key_values=cache,
             use_cache=True,
@@ -208,7 +213,7 @@ class ReferenceEngine:
             s.next_position += 1
             attention = None
             if needs_attention:
-                attention = [a[b, :, -1, start:] for a in out.attentions]
+                attention = [a[b, :, -1, start:].cpu() for a in out.attentions]
             self._after_forward(s, out.logits[b, -1], attention)
 
     def _after_forward(
@@ -232,7 +237,7 @@ class ReferenceEngine:
                 evict = policy.select(
                     layer.keys.shape[1], seq.schedule.prompt_len,
                     attention[layer_idx] if attention is not None else None,
-                    layer=layer_idx, keys=layer.keys,
+                    layer=layer_idx, keys=layer.keys.cpu(),
                 )
                 keep = torch.ones(layer.keys.shape[1], dtype=torch.bool)
                 keep[evict] = False
@@ -242,7 +247,7 @@ class ReferenceEngine:
     def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
         """Draw the next generated token and apply the stop rules (rule 4: beacons never count)."""
         request = seq.request
-        logits = logits.float()
+        logits = logits.float().cpu()
         top2 = torch.topk(logits, 2).values
         seq.margins.append(float(top2[0] - top2[1]))
         if request.return_logits:
