@@ -222,7 +222,7 @@ class ReferenceEngine:
         seq.kv_trace.append(seq.kv_len)
         if seq.feeds_beacon:
             # Rule 2: beacon logits are discarded; the window's entries go, the beacon stays.
-            keep = torch.ones(seq.kv_len, dtype=torch.bool)
+            keep = torch.ones(seq.kv_len, dtype=torch.bool, device=self.device)
             keep[seq.kv_len - 1 - seq.window: seq.kv_len - 1] = False
             for layer in seq.layers:
                 layer.keep(keep)
