@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-$(VARIANT)
 
 .PHONY: setup serve router test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
 	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher linsys-student-1 \
-	linsys-student-2 linsys-student-3 linsys-student
+	linsys-student-2 linsys-student-3 linsys-student stargraph-teacher-1 stargraph-teacher-2 \
+	stargraph-teacher-3 stargraph-teacher stargraph-student
 
 setup: $(STAMP)
 
@@ -147,3 +148,30 @@ linsys-student: setup  # models/linsys-student: 280 more steps of 128 traces, 4.
 	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-3 --out runs/linsys-student \
 		--trace-steps 280 --trace-batch 128 --warmup 20 --distill-lr 1e-3 --seed 3 --eval-every 1000000 \
 		--eval-n 4
+
+# StarGraph (5 arms of 9 edges, every node one letter, edges written as two letters: the task's
+# letters and compact knobs): a teacher from random weights on a small graph (2 arms of 3), then
+# the full size. On 2 cores of a CPU with native bf16.
+STARGRAPH := --task stargraph --task-option arms=2 --task-option length=3 --task-option max_node=51 \
+	--task-option letters=true --task-option compact=true
+STARGRAPH_TEACHER := --sft-batch 32 --rl-steps 0 --rl-problems 8 --group 8 --temperature 0.7 --eval-n 32 \
+	--threads 2 --mixed-precision auto
+stargraph-teacher-1: setup  # models/stages/stargraph-teacher-1: 1500 SFT steps on 2 arms of 3, 6.1 min
+	$(TRAIN) teacher $(STARGRAPH) --out runs/stargraph-teacher-1 --layers 4 --hidden 128 --sft-steps 1500 \
+		--lr 2e-3 --max-tokens 128 --eval-every 250 --seed 0 $(STARGRAPH_TEACHER)
+stargraph-teacher-2: setup  # models/stages/stargraph-teacher-2: 1500 SFT steps on 5 arms of 9, 15.5 min
+	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-1 --task-option arms=5 --task-option length=9 \
+		--out runs/stargraph-teacher-2 --sft-steps 1500 --lr 2e-3 --warmup 50 --max-tokens 160 \
+		--eval-every 250 --seed 1 $(STARGRAPH_TEACHER)
+stargraph-teacher-3: setup  # models/stages/stargraph-teacher-3: 2400 more SFT steps, 28.7 min
+	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-2 --out runs/stargraph-teacher-3 --sft-steps 2400 \
+		--lr 1.5e-3 --warmup 50 --max-tokens 160 --eval-every 600 --seed 2 $(STARGRAPH_TEACHER)
+stargraph-teacher: setup  # models/stargraph-teacher: 300 SFT steps with the answer as letters in a row, 2.7 min
+	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-3 --task-option compact_answer=true \
+		--out runs/stargraph-teacher --sft-steps 300 --lr 1e-3 --warmup 20 --max-tokens 160 \
+		--eval-every 150 --seed 3 $(STARGRAPH_TEACHER)
+STARGRAPH_STUDENT := student --teacher models/stargraph-teacher --ratios 2,4,8,16,32 --max-tokens 160 \
+	--eval-n 16 --eval-every 500 --threads 2 $(TRACES)
+stargraph-student: setup  # models/stargraph-student: 1500 trace-distillation steps, 21.9 min
+	$(TRAIN) $(STARGRAPH_STUDENT) --trace-ce 3 --out runs/stargraph-student --trace-steps 1500 \
+		--distill-lr 1e-3 --seed 0

@@ -325,7 +325,7 @@ def test_linsys_show_work_writes_each_operation_and_the_same_equations(seed):
     short_lines, worked_lines = short.solve(problem).split("\n"), worked.solve(problem).split("\n")
     assert len(short_lines) == len(worked_lines)
     for plain, shown in zip(short_lines, worked_lines):
-        label, _, rest = plain.partition("=")
+        label = plain.partition("=")[0]
         if not re.fullmatch(r"E\d+", label):  # back-substitution and the answer are unchanged
             assert shown == plain
             continue
@@ -442,6 +442,57 @@ def test_stargraph_letters_name_each_node_with_one_letter(seed):
     for wrong in (path[::-1], path[2:], ",".join(str(LETTERS.index(n)) for n in path.split(",")),
                   path + "," + path[-1], path.replace(",", "")):
         assert letters.verify(q, with_answer(letters.solve(q), wrong)) == 0.0, wrong
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_stargraph_compact_drops_the_arrows_and_nothing_else(seed):
+    letters = get_task("stargraph", letters=True)
+    compact = get_task("stargraph", letters=True, compact=True)
+    p, q = letters.problems(1, seed)[0], compact.problems(1, seed)[0]
+    assert q.data == p.data and q.prompt == p.prompt.replace(">", "")
+    assert compact.solve(q) == letters.solve(p).replace(">", "")
+    assert compact.verify(q, compact.solve(q)) == 1.0
+
+
+@pytest.mark.parametrize("knobs", [{}, {"letters": True, "compact": True}])
+def test_stargraph_diagnose_names_the_first_faulty_line(knobs):
+    task = get_task("stargraph", arms=3, length=3, max_node=40, **knobs)
+    problem = next(p for p in task.problems(50, 0) if task.solve(p).count(" x") == 2)
+    first, second, third, answer = task.solve(problem).split("\n")
+    sep = "" if knobs else ">"
+    nodes = first.removesuffix(" x").split(sep) if sep else list(first.removesuffix(" x"))
+    not_an_edge = sep.join([*nodes[:2], nodes[1]]) + " x"  # a node followed by itself
+    # the faulty-line cases end without an answer: a right answer would make them correct
+    for lines, fault in [([first, second, third, answer], "correct"),
+                         ([not_an_edge, second, third], "wrong edge"),
+                         ([second, first, third], "arm order"),
+                         ([sep.join(nodes[:-1]) + " x", second, third], "arm cut short"),
+                         ([first.removesuffix(" x"), second, third], "dead-end mark"),
+                         ([first, "?", third], "format"),
+                         ([first, second, third, answer[:-1]], "wrong answer"),
+                         ([first, second, third], "no answer")]:
+        assert task.diagnose(problem, "\n".join(lines)) == fault, (lines, fault)
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_stargraph_compact_answer_writes_the_path_as_letters_in_a_row(seed):
+    commas = get_task("stargraph", letters=True, compact=True)
+    compact = get_task("stargraph", letters=True, compact=True, compact_answer=True)
+    p = commas.problems(1, seed)[0]
+    path = final_answer(commas.solve(p))
+    assert compact.solve(p) == commas.solve(p).replace(path, path.replace(",", ""))
+    assert compact.verify(p, with_answer(compact.solve(p), " ".join(path.split(",")))) == 1.0
+    for wrong in (path.replace(",", "")[::-1], path.replace(",", "")[1:], path, ""):
+        assert compact.verify(p, with_answer(compact.solve(p), wrong)) == 0.0, wrong
+
+
+def test_stargraph_compact_needs_letters():
+    with pytest.raises(ValueError, match="compact=true needs letters=true"):
+        get_task("stargraph", compact=True)
+    with pytest.raises(ValueError, match="compact_answer=true needs compact=true"):
+        get_task("stargraph", letters=True, compact_answer=True)
 
 
 def test_stargraph_letters_need_few_enough_nodes():
