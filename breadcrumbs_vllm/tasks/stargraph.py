@@ -68,11 +68,12 @@ class StarGraph(Task):
     def name_of(self, node: int) -> str:
         return LETTERS[node] if self.letters else str(node)
 
-    def parse_path(self, text: str) -> list[int] | None:
-        """``"14, 22,8"`` (or ``"p,m,T"``) -> node ids; ``None`` if any item is not a node name."""
+    def parse_path(self, text: str, sep: str = ",") -> list[int] | None:
+        """``"14, 22,8"`` (or ``"p,m,T"``, or with ``sep=""`` ``"pmT"``) -> node ids; ``None`` if
+        any item is not a node name."""
         if not self.letters:
-            return parse_int_list(text)
-        names = [item.strip() for item in text.split(",")]
+            return parse_int_list(text, sep)
+        names = list(text) if sep == "" else [item.strip() for item in text.split(sep)]
         if not all(len(n) == 1 and n in LETTERS for n in names):
             return None
         return [LETTERS.index(n) for n in names]
@@ -126,7 +127,8 @@ class StarGraph(Task):
                 continue
             if want.startswith("Answer"):
                 return "wrong answer"
-            nodes, wanted = self._arm(got), self._arm(want)
+            nodes = self.parse_path(got.removesuffix(" x"), self.sep)
+            wanted = self.parse_path(want.removesuffix(" x"), self.sep)
             if nodes is None or len(nodes) < 2:
                 return "format"
             if any(pair not in edges for pair in pairwise(nodes)):
@@ -136,18 +138,12 @@ class StarGraph(Task):
             return "arm cut short" if nodes != wanted else "dead-end mark"
         return "no answer" if final_answer(completion) is None else "wrong answer"
 
-    def _arm(self, line: str) -> list[int] | None:
-        """An arm line (``p>m>T x``, or ``pmT``) as node ids; ``None`` if it names no nodes."""
-        names = line.removesuffix(" x")
-        names = list(names) if self.sep == "" else names.split(self.sep)
-        return self.parse_path(",".join(names))
-
     def check_answer(self, problem: Problem, answer: str) -> bool:
         """The path must be exactly centre..target, comma separated (with ``compact_answer``,
         letters in a row), spaces allowed."""
         if self.answer_sep == "":
-            answer = ",".join(answer.replace(" ", ""))
-        return self.parse_path(answer) == _path(problem.data)
+            answer = answer.replace(" ", "")
+        return self.parse_path(answer, self.answer_sep) == _path(problem.data)
 
 
 def _path(data: dict) -> list[int]:
