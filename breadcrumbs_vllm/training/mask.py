@@ -35,21 +35,37 @@ class BeaconBatch:
     non-beacon position from a sequence's last prompt token on, rule 6) gathered into one list,
     sequence after sequence, so that two batches of the same sequences line up position by
     position however differently they were packed (the student's has beacons, the teacher's not).
+
+    The ``[R, 1, W, W]`` attention mask is not stored: :meth:`attention_mask` builds it from the
+    ``[R, W]`` kinds, windows and segments on whatever device the batch is on, so a GPU step copies
+    ``O(R * W)`` integers to the device instead of ``O(R * W * W)`` mask entries, and builds the mask
+    in a few vectorised operations instead of one Python-driven block per sequence.
     """
 
     input_ids: torch.Tensor  # [R, W]
     position_ids: torch.Tensor  # [R, W], from 0 in every sequence
-    attention_mask: torch.Tensor  # [R, 1, W, W] additive: 0 keeps, dtype-min masks
-    is_beacon: torch.Tensor  # [R, W] bool
+    kinds: torch.Tensor  # [R, W] PROMPT, GENERATED, BEACON or PADDING
+    windows: torch.Tensor  # [R, W] window of each generated token and beacon (1-based), else 0
+    segments: torch.Tensor  # [R, W] which sequence each position holds, -1 for padding
     targets: torch.Tensor  # [N] the generated token each predicting position predicts
     owner: torch.Tensor  # [N] which sequence (index into the inputs) each target belongs to
     index: torch.Tensor  # [N] each predicting position as a flat index into [R * W]
+
+    @property
+    def is_beacon(self) -> torch.Tensor:
+        return self.kinds == BEACON
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``[R, 1, W, W]`` additive mask: 0 where a query may see a key, ``dtype``'s min elsewhere."""
+        allowed = beacon_mask(self.kinds, self.windows, self.segments)
+        mask = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+        return mask.masked_fill_(allowed, 0.0)[:, None]
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            "attention_mask": self.attention_mask,
+            "attention_mask": self.attention_mask(),
         }
 
     def gather(self, logits: torch.Tensor) -> torch.Tensor:
@@ -60,41 +76,49 @@ class BeaconBatch:
         return BeaconBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+#: What each position of a laid-out sequence holds.
+PROMPT, GENERATED, BEACON, PADDING = 0, 1, 2, 3
+
+
 @dataclass
 class _Row:
     """One sequence laid out: tokens, kind and window of each, and its predicting positions."""
 
     tokens: list[int]
-    kinds: list[int]  # 0 prompt, 1 generated, 2 beacon
+    kinds: list[int]  # PROMPT, GENERATED or BEACON
     windows: list[int]
     sources: list[int]  # positions that predict, in order
     targets: list[int]  # the token each of them predicts
 
 
-def beacon_mask(kinds: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[L, L]`` mask (query x key) for one sequence.
+def beacon_mask(kinds: torch.Tensor, windows: torch.Tensor,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean ``[..., L, L]`` mask (query x key) for ``[..., L]`` laid-out positions.
 
-    ``kinds``: 0 prompt, 1 generated, 2 beacon. ``windows``: window index of generated tokens and
-    beacons (1-based), 0 for the prompt.
+    ``kinds``: PROMPT, GENERATED, BEACON or PADDING. ``windows``: window index of generated
+    tokens and beacons (1-based), 0 for the prompt. ``segments``: which sequence of a packed row
+    each position holds (``None``: one sequence); a query sees no key of another segment. Every
+    position sees itself, so a padding position (which sees nothing else) has a finite softmax.
     """
-    length = kinds.shape[0]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    q_win, k_win = windows[:, None], windows[None, :]
-    k_kind = kinds[None, :]
-    visible = (
-        (k_kind == 0)
-        | ((k_kind == 2) & (k_win < q_win))
-        | ((k_kind == 1) & (k_win == q_win))
-        | torch.eye(length, dtype=torch.bool)
-    )
-    return causal & visible
+    length = kinds.shape[-1]
+    position = torch.arange(length, device=kinds.device)
+    q_win, k_win = windows[..., :, None], windows[..., None, :]
+    k_kind = kinds[..., None, :]
+    # In place where it can be: the [..., L, L] tensors are the whole cost of a packed batch.
+    visible = (k_win < q_win).logical_and_(k_kind == BEACON)
+    visible.logical_or_((k_win == q_win).logical_and_(k_kind == GENERATED))
+    visible.logical_or_(k_kind == PROMPT)
+    if segments is not None:
+        visible.logical_and_(segments[..., :, None] == segments[..., None, :])
+    visible.logical_and_(position[None, :] <= position[:, None])  # causal
+    return visible.logical_or_(torch.eye(length, dtype=torch.bool, device=kinds.device))
 
 
 def lay_out(prompt: Sequence[int], generated: Sequence[int], ratio: int | None,
             beacon_id: int) -> _Row:
     """Insert beacons (ratio ``None``: none) and find which positions predict which token."""
     body, flags = insert_beacons(generated, ratio, beacon_id)
-    kinds = [0] * len(prompt) + [2 if f else 1 for f in flags]
+    kinds = [PROMPT] * len(prompt) + [BEACON if f else GENERATED for f in flags]
     windows = [0] * len(prompt)
     gen_seen = 0
     for flag in flags:
@@ -106,7 +130,7 @@ def lay_out(prompt: Sequence[int], generated: Sequence[int], ratio: int | None,
     tokens = list(prompt) + body
     # Each non-beacon position from the last prompt token on predicts the next generated
     # token; beacons predict nothing (rule 6).
-    generated_at = [i for i, k in enumerate(kinds) if k == 1]
+    generated_at = [i for i, k in enumerate(kinds) if k == GENERATED]
     sources = [len(prompt) - 1] + generated_at[:-1]
     return _Row(tokens, kinds, windows, sources[:len(generated_at)],
                 [tokens[i] for i in generated_at])
@@ -133,7 +157,6 @@ def build_beacon_batch(
     ratios: Sequence[int | None],
     beacon_id: int,
     pad_id: int,
-    dtype: torch.dtype = torch.float32,
     packed: bool = True,
 ) -> BeaconBatch:
     """Lay out every sequence (its own ratio), pack them into rows as wide as the longest one.
@@ -146,25 +169,26 @@ def build_beacon_batch(
     width = max(lengths)
     rows = pack(lengths, width) if packed else [[i] for i in range(len(seqs))]
 
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    is_beacon = torch.zeros((len(rows), width), dtype=torch.bool)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself
+    # Each row's columns as one list per field, the padding at its end, then one tensor each.
+    columns: dict[str, list[list[int]]] = {f: [] for f in ("tokens", "positions", "kinds", "windows", "segments")}
     start = [0] * len(seqs)  # flat index of each sequence's first token
     for r, members in enumerate(rows):
-        offset = 0
+        row: dict[str, list[int]] = {f: [] for f in columns}
         for i in members:
-            s, n = seqs[i], len(seqs[i].tokens)
-            span = slice(offset, offset + n)
-            input_ids[r, span] = torch.tensor(s.tokens)
-            position_ids[r, span] = torch.arange(n)
-            is_beacon[r, span] = torch.tensor(s.kinds) == 2
-            allowed[r, span, span] = beacon_mask(torch.tensor(s.kinds), torch.tensor(s.windows))
-            start[i] = r * width + offset
-            offset += n
-    mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+            s = seqs[i]
+            start[i] = r * width + len(row["tokens"])
+            row["tokens"] += s.tokens
+            row["positions"] += range(len(s.tokens))
+            row["kinds"] += s.kinds
+            row["windows"] += s.windows
+            row["segments"] += [i] * len(s.tokens)
+        pad = width - len(row["tokens"])
+        for field, fill in (("tokens", pad_id), ("positions", 0), ("kinds", PADDING),
+                            ("windows", 0), ("segments", -1)):
+            columns[field].append(row[field] + [fill] * pad)
+    tensors = {f: torch.tensor(v, dtype=torch.long) for f, v in columns.items()}
     index = torch.tensor([start[i] + j for i, s in enumerate(seqs) for j in s.sources], dtype=torch.long)
     targets = torch.tensor([t for s in seqs for t in s.targets], dtype=torch.long)
     owner = torch.tensor([i for i, s in enumerate(seqs) for _ in s.targets], dtype=torch.long)
-    return BeaconBatch(input_ids, position_ids, mask, is_beacon, targets, owner, index)
+    return BeaconBatch(tensors["tokens"], tensors["positions"], tensors["kinds"], tensors["windows"],
+                       tensors["segments"], targets, owner, index)
