@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
 .PHONY: setup serve router test promtool eval lint teacher-1 teacher-2-sft teacher student-1 student-2 \
-	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher linsys-student-1 \
-	linsys-student-2 linsys-student-3 linsys-student stargraph-teacher-1 stargraph-teacher-2 \
-	stargraph-teacher-3 stargraph-teacher stargraph-student
+	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher-sft \
+	linsys-teacher linsys-student-1 linsys-student-2 linsys-student-3 linsys-student-4 linsys-student-5 \
+	linsys-student-6 linsys-student stargraph-teacher-1 stargraph-teacher-2 stargraph-teacher-3 \
+	stargraph-teacher-4 stargraph-teacher stargraph-student-1 stargraph-student
 
 setup: $(STAMP)
 
@@ -119,15 +120,17 @@ ablation: setup  # joint vs sequential from stage 1 (teacher-1's student): 20 ro
 
 # LinSys (3 unknowns, coefficients up to 3, values up to 5, every operation written out:
 # show_work=3): a teacher from random weights, then its student distilled on solver traces.
-# Both ran on 2 cores of a CPU with native bf16.
+# The first stages ran on 2 cores of a CPU with native bf16, the later ones on a lent H200.
 LINSYS := --task linsys --task-option coef_max=3 --task-option value_max=5 --task-option show_work=3
 
-linsys-teacher: setup  # models/linsys-teacher: 3500 SFT steps from random weights, 88 min
-	$(TRAIN) teacher $(LINSYS) --out runs/linsys-teacher --layers 4 --hidden 128 --sft-steps 3500 \
+linsys-teacher-sft: setup  # models/stages/linsys-teacher-sft: 3500 SFT steps from random weights, 88 min
+	$(TRAIN) teacher $(LINSYS) --out runs/linsys-teacher-sft --layers 4 --hidden 128 --sft-steps 3500 \
 		--sft-batch 32 --lr 2e-3 --rl-steps 0 --temperature 0.7 --max-tokens 640 --eval-every 500 \
 		--eval-n 32 --seed 5 --threads 2 --mixed-precision auto
 
-LINSYS_STUDENT := student --teacher models/linsys-teacher --ratios 2,4,8,16,32 --max-tokens 640 \
+# Every student stage distils the SFT teacher; the GRPO stage (linsys-teacher) ran beside the
+# student's last three on the same GPU.
+LINSYS_STUDENT := student --teacher $(STAGES)/linsys-teacher-sft --ratios 2,4,8,16,32 --max-tokens 640 \
 	--eval-n 16 --eval-every 500 --threads 2 $(TRACES)
 
 linsys-student-1: setup  # models/stages/linsys-student-1: 1500 trace-distillation steps, 54.9 min
@@ -138,20 +141,36 @@ linsys-student-2: setup  # models/stages/linsys-student-2: 1250 more steps, trac
 	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-1 --out runs/linsys-student-2 \
 		--trace-steps 1250 --distill-lr 1e-3 --seed 1
 
-# The last two LinSys stages ran on a lent H200 GPU (the same command picks it up through
+# The later LinSys stages ran on lent H200 GPUs (the same command picks one up through
 # accelerate), with 128 traces a step; they evaluate only at their last step.
 linsys-student-3: setup  # models/stages/linsys-student-3: 250 steps of 128 traces, 4.9 min on an H200
 	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-2 --out runs/linsys-student-3 \
 		--trace-steps 250 --trace-batch 128 --distill-lr 1e-3 --seed 2 --eval-every 1000000
 
-linsys-student: setup  # models/linsys-student: 280 more steps of 128 traces, 4.7 min on an H200
-	$(TRAIN) $(LINSYS_STUDENT) --trace-ce 3 --init $(STAGES)/linsys-student-3 --out runs/linsys-student \
-		--trace-steps 280 --trace-batch 128 --warmup 20 --distill-lr 1e-3 --seed 3 --eval-every 1000000 \
-		--eval-n 4
+LINSYS_GPU := $(LINSYS_STUDENT) --trace-ce 3 --trace-batch 128 --warmup 20 --distill-lr 1e-3 \
+	--eval-every 1000000 --eval-n 4
+
+linsys-student-4: setup  # models/stages/linsys-student-4: 280 more steps of 128 traces, 4.7 min on an H200
+	$(TRAIN) $(LINSYS_GPU) --init $(STAGES)/linsys-student-3 --out runs/linsys-student-4 --trace-steps 280 --seed 3
+
+linsys-student-5: setup  # models/stages/linsys-student-5: 540 more steps of 128 traces, 4.5 min on an H200
+	$(TRAIN) $(LINSYS_GPU) --init $(STAGES)/linsys-student-4 --out runs/linsys-student-5 --trace-steps 540 --seed 4
+
+linsys-student-6: setup  # models/stages/linsys-student-6: 400 more steps of 128 traces, 3.3 min on an H200
+	$(TRAIN) $(LINSYS_GPU) --init $(STAGES)/linsys-student-5 --out runs/linsys-student-6 --trace-steps 400 --seed 6
+
+linsys-student: setup  # models/linsys-student: 240 more steps of 128 traces, 2.4 min on an H200
+	$(TRAIN) $(LINSYS_GPU) --init $(STAGES)/linsys-student-6 --out runs/linsys-student --trace-steps 240 --seed 7
+
+linsys-teacher: setup  # models/linsys-teacher: 20 GRPO steps with a KL guard, 6.0 min on an H200
+	$(TRAIN) teacher --init $(STAGES)/linsys-teacher-sft --out runs/linsys-teacher --sft-steps 0 \
+		--rl-steps 20 --rl-problems 8 --group 8 --rl-lr 2e-5 --kl-coef 0.2 --temperature 0.7 \
+		--max-tokens 640 --eval-every 10 --eval-n 64 --seed 1 --threads 2 --mixed-precision auto
 
 # StarGraph (5 arms of 9 edges, every node one letter, edges written as two letters: the task's
 # letters and compact knobs): a teacher from random weights on a small graph (2 arms of 3), then
-# the full size. On 2 cores of a CPU with native bf16.
+# the full size, then GRPO; the student distilled from the SFT teacher, then from the GRPO one.
+# On 2 cores of a CPU with native bf16.
 STARGRAPH := --task stargraph --task-option arms=2 --task-option length=3 --task-option max_node=51 \
 	--task-option letters=true --task-option compact=true
 STARGRAPH_TEACHER := --sft-batch 32 --rl-steps 0 --rl-problems 8 --group 8 --temperature 0.7 --eval-n 32 \
@@ -166,12 +185,19 @@ stargraph-teacher-2: setup  # models/stages/stargraph-teacher-2: 1500 SFT steps 
 stargraph-teacher-3: setup  # models/stages/stargraph-teacher-3: 2400 more SFT steps, 28.7 min
 	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-2 --out runs/stargraph-teacher-3 --sft-steps 2400 \
 		--lr 1.5e-3 --warmup 50 --max-tokens 160 --eval-every 600 --seed 2 $(STARGRAPH_TEACHER)
-stargraph-teacher: setup  # models/stargraph-teacher: 300 SFT steps with the answer as letters in a row, 2.7 min
+stargraph-teacher-4: setup  # models/stages/stargraph-teacher-4: 300 SFT steps with the answer as letters in a row, 2.7 min
 	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-3 --task-option compact_answer=true \
-		--out runs/stargraph-teacher --sft-steps 300 --lr 1e-3 --warmup 20 --max-tokens 160 \
+		--out runs/stargraph-teacher-4 --sft-steps 300 --lr 1e-3 --warmup 20 --max-tokens 160 \
 		--eval-every 150 --seed 3 $(STARGRAPH_TEACHER)
-STARGRAPH_STUDENT := student --teacher models/stargraph-teacher --ratios 2,4,8,16,32 --max-tokens 160 \
-	--eval-n 16 --eval-every 500 --threads 2 $(TRACES)
-stargraph-student: setup  # models/stargraph-student: 1500 trace-distillation steps, 21.9 min
-	$(TRAIN) $(STARGRAPH_STUDENT) --trace-ce 3 --out runs/stargraph-student --trace-steps 1500 \
-		--distill-lr 1e-3 --seed 0
+stargraph-teacher: setup  # models/stargraph-teacher: 20 GRPO steps with a KL guard, 1.7 min
+	$(TRAIN) teacher --init $(STAGES)/stargraph-teacher-4 --out runs/stargraph-teacher --sft-steps 0 \
+		--rl-steps 20 --rl-problems 8 --group 8 --rl-lr 2e-5 --kl-coef 0.2 --temperature 0.7 \
+		--max-tokens 160 --eval-every 10 --eval-n 64 --seed 4 --threads 2 --mixed-precision auto
+STARGRAPH_STUDENT := student --ratios 2,4,8,16,32 --max-tokens 160 --eval-n 16 --eval-every 500 \
+	--threads 2 $(TRACES) --trace-ce 3
+stargraph-student-1: setup  # models/stages/stargraph-student-1: 1500 trace-distillation steps, 21.9 min
+	$(TRAIN) $(STARGRAPH_STUDENT) --teacher $(STAGES)/stargraph-teacher-4 --out runs/stargraph-student-1 \
+		--trace-steps 1500 --distill-lr 1e-3 --seed 0
+stargraph-student: setup  # models/stargraph-student: 300 more steps from the GRPO teacher, 4.3 min
+	$(TRAIN) $(STARGRAPH_STUDENT) --teacher models/stargraph-teacher --init $(STAGES)/stargraph-student-1 \
+		--out runs/stargraph-student --trace-steps 300 --distill-lr 3e-4 --seed 1
