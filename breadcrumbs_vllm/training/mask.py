@@ -26,6 +26,9 @@ import torch
 
 from breadcrumbs_vllm.spec import insert_beacons
 
+#: What each position of a laid-out sequence holds.
+PROMPT, GENERATED, BEACON, PADDING = 0, 1, 2, 3
+
 
 @dataclass
 class BeaconBatch:
@@ -74,10 +77,6 @@ class BeaconBatch:
 
     def to(self, device: torch.device | str) -> BeaconBatch:
         return BeaconBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-
-#: What each position of a laid-out sequence holds.
-PROMPT, GENERATED, BEACON, PADDING = 0, 1, 2, 3
 
 
 @dataclass
