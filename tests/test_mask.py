@@ -74,7 +74,7 @@ def test_masked_forward_detects_a_wrong_mask(tiny_model):
         [GenerationRequest(prompt_ids=[20, 21, 22], ratio=2, max_tokens=12, ignore_eos=True,
                            return_logits=True)])[0]
     batch = build_beacon_batch([[20, 21, 22]], [res.token_ids], [2], bc.beacon_token_id, 0)
-    causal = torch.zeros_like(batch.attention_mask())
+    causal = torch.zeros_like(batch.attention_mask)
     causal.masked_fill_(torch.ones_like(causal, dtype=torch.bool).triu(1), torch.finfo(causal.dtype).min)
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,

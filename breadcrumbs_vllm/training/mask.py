@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import torch
 
@@ -39,7 +40,7 @@ class BeaconBatch:
     sequence after sequence, so that two batches of the same sequences line up position by
     position however differently they were packed (the student's has beacons, the teacher's not).
 
-    The ``[R, 1, W, W]`` attention mask is not stored: :meth:`attention_mask` builds it from the
+    The ``[R, 1, W, W]`` attention mask is not a field: :attr:`attention_mask` builds it from the
     ``[R, W]`` kinds, windows and segments on whatever device the batch is on, so a GPU step copies
     ``O(R * W)`` integers to the device instead of ``O(R * W * W)`` mask entries, and builds the mask
     in a few vectorised operations instead of one Python-driven block per sequence.
@@ -58,17 +59,20 @@ class BeaconBatch:
     def is_beacon(self) -> torch.Tensor:
         return self.kinds == BEACON
 
-    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[R, 1, W, W]`` additive mask: 0 where a query may see a key, ``dtype``'s min elsewhere."""
+    @cached_property
+    def attention_mask(self) -> torch.Tensor:
+        """``[R, 1, W, W]`` additive float32 mask: 0 where a query may see a key, the dtype's min
+        elsewhere. Built once per batch: a GRPO step runs the same batch through the reference
+        and then each PPO epoch."""
         allowed = beacon_mask(self.kinds, self.windows, self.segments)
-        mask = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+        mask = torch.full(allowed.shape, torch.finfo(torch.float32).min, device=allowed.device)
         return mask.masked_fill_(allowed, 0.0)[:, None]
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            "attention_mask": self.attention_mask(),
+            "attention_mask": self.attention_mask,
         }
 
     def gather(self, logits: torch.Tensor) -> torch.Tensor:
