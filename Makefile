@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(VARIANT)
 	student-3 student-4 student-5 student-7 student-8 student ablation linsys-teacher-sft \
 	linsys-teacher linsys-student-1 linsys-student-2 linsys-student-3 linsys-student-4 linsys-student-5 \
 	linsys-student-6 linsys-student stargraph-teacher-1 stargraph-teacher-2 stargraph-teacher-3 \
-	stargraph-teacher-4 stargraph-teacher stargraph-student-1 stargraph-student
+	stargraph-teacher-4 stargraph-teacher stargraph-student-1 stargraph-student gpu-pack
 
 setup: $(STAMP)
 
@@ -33,7 +33,7 @@ N ?= 2
 router: setup
 	$(BIN)/breadcrumbs router -n $(N) $(ARGS)
 
-test: setup promtool
+test: setup promtool gpu-pack
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # The monitoring tests run a real Prometheus and promtool (Debian's package). Installed when
@@ -41,6 +41,11 @@ test: setup promtool
 promtool:
 	@command -v promtool >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
+
+# .gpu/: vLLM's Python and the wheels a GPU machine without vLLM needs (docs/plugin.md, "Running
+# the GPU check"); downloads once into ~/.cache/breadcrumbs-gpu-pack. The pre-flight test reads it.
+gpu-pack: setup
+	$(BIN)/python loadtests/gpu/pack.py build
 
 eval: setup
 	$(BIN)/breadcrumbs eval $(ARGS)

@@ -81,11 +81,13 @@ class StepSampler:
                                    len(manager.req_to_blocks.get(request.request_id, ())))
 
 
-def make_model(out: Path, seed: int) -> tuple[Path, Path]:
+def make_model(out: Path, seed: int, layers: int = 2, hidden: int = 64,
+               heads: int | None = None) -> tuple[Path, Path]:
     """A random beacon checkpoint and a copy without the ``breadcrumbs`` block (stock vLLM)."""
     from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
 
-    model, tokenizer, bc = init_model(layers=2, hidden=64, init_std=0.5, seed=seed)
+    model, tokenizer, bc = init_model(layers=layers, hidden=hidden, heads=heads, init_std=0.5,
+                                      seed=seed)
     beacon = save_checkpoint(model, tokenizer, bc, out / "beacon")
     stock = out / "stock"
     shutil.copytree(beacon, stock)
@@ -131,9 +133,9 @@ def engine(path: Path, args, **overrides):
 
     # The logical length counts beacons too: at the smallest ratio benchmarked (4), n // 4 more.
     max_model_len = args.prompt_len + args.max_tokens + args.max_tokens // min(RATIOS) + 1
-    return LLM(model=str(path), dtype="float32", block_size=args.block_size,
-               num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=False,
-               max_model_len=max_model_len, seed=0, **overrides)
+    return LLM(**{"model": str(path), "dtype": "float32", "block_size": args.block_size,
+                  "num_gpu_blocks_override": args.pool_blocks, "enable_prefix_caching": False,
+                  "max_model_len": max_model_len, "seed": 0, **overrides})
 
 
 def workload_arguments(parser: argparse.ArgumentParser, requests: int, max_tokens: int,

