@@ -120,6 +120,8 @@ def engine_settings(backend: str, mode: str, gpu: bool, no_compile: bool) -> tup
     if gpu:
         out["dtype"] = "bfloat16"
         out["attention_config"] = {"backend": backend}
+        # engines start one after another in this process: leave room for what the last left
+        out["gpu_memory_utilization"] = 0.5
         if mode != "eager":
             compilation["cudagraph_mode"] = mode
     env = {}

@@ -33,6 +33,22 @@ def test_gpu_check_runs_on_cpu_and_passes():
         ("no-leak-after-aborts", "CPU_ATTN", "eager"),
         ("throughput-vs-stock", "default", "default")]
     assert set(summary["throughput"]) == {"stock", "plugin c=4", "plugin c=8", "plugin c=16"}
+    assert summary["cudagraph_modes"] == {"CPU_ATTN/eager": "NONE"}
+
+
+def test_gpu_check_without_compilation_names_the_effective_mode():
+    """``--no-compile`` (the GPU pack's setting) on CPU: native ops, the engine's mode recorded;
+    the benchmark at c=8 only reports tokens/s and mean running requests against stock."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--no-compile", "--modes", "eager",
+                           "--max-tokens", "120", "--bench-ratios", "8", "--bench-requests", "6",
+                           "--bench-tokens", "96", "--bench-pool", "12"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    summary = json.loads(done.stdout)
+    failed = [c for c in summary["checks"] if not c["passed"]]
+    assert done.returncode == 0 and summary["passed"], failed or done.stderr[-3000:]
+    assert summary["cudagraph_modes"] == {"CPU_ATTN/eager": "NONE"}
+    assert set(summary["throughput"]) == {"stock", "plugin c=8"}
+    assert summary["throughput"]["plugin c=8"]["mean_running_vs_stock"] > 0
 
 
 def test_gpu_check_refuses_modes_this_platform_lacks():
