@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 BUDGET_S=${BUDGET_S:-530}  # the whole run, under one 9-minute call
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 : > "$OUT/stages.txt"
 
