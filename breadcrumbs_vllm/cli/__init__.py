@@ -16,6 +16,8 @@ import sys
 COMMANDS = [
     "breadcrumbs_vllm.cli.init_model",
     "breadcrumbs_vllm.cli.convert",
+    "breadcrumbs_vllm.cli.fetch",
+    "breadcrumbs_vllm.cli.adapter",
     "breadcrumbs_vllm.cli.generate",
     "breadcrumbs_vllm.cli.eval",
     "breadcrumbs_vllm.cli.serve",

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "split into one command per budget) into --out, with the table, AUAC and "
                         "plot recomputed over all their budgets")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--kl", action="store_true",
+                   help="also the per-token KL(teacher || model) at each ratio on the teacher's "
+                        "greedy traces of the same problems (written beside --out as *-kl.json)")
     p.add_argument("--out", default="results.json", help="results JSON; the plot goes beside it")
     add_data_arguments(p, "your own data instead of a task: --n rows of it, shuffled by --seed")
     p.set_defaults(func=run)
@@ -136,7 +139,24 @@ def run(args: argparse.Namespace) -> int:
     report.write_json(rows, out)
     report.plot_frontier(rows, plot, title)
     print(f"wrote {out} and {plot}")
+    if args.kl:
+        write_kl(engine, baseline_engine or ReferenceEngine.from_checkpoint(baseline_model),
+                 problems, ratios, args, title)
     return 0
+
+
+def write_kl(engine, teacher, problems, ratios, args: argparse.Namespace, title: str) -> None:
+    """The held-out per-token KL to the teacher, printed and written beside ``--out``."""
+    import json
+
+    from breadcrumbs_vllm.evaluation.kl import held_out_kl
+
+    kl = held_out_kl(engine, teacher, problems, ratios, args.max_tokens)
+    out = Path(args.out).with_name(Path(args.out).stem + "-kl.json")
+    out.write_text(json.dumps({"title": title, "n": len(problems), "kl_per_token": kl},
+                              indent=2) + "\n")
+    print("per-token KL(teacher || model) on the teacher's traces: "
+          + ", ".join(f"c={r}: {v:.4f}" for r, v in kl.items()) + f"; wrote {out}")
 
 
 def write_budget_outputs(rows: list[EvalRow], title: str, out: Path) -> None:

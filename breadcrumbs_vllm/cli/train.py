@@ -66,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="what samples rollouts (default: vllm with --data, else reference)")
     student.add_argument("--rollout-kv-gib", type=float, default=1.0,
                          help="KV pool of the rollout vLLM engine, GiB (it shares the device)")
-    student.add_argument("--lora-rank", type=int, default=0,
-                         help="train LoRA adapters of this rank plus the beacon embedding row "
-                              "instead of all weights (the checkpoint is saved merged)")
+    add_data_arguments(teacher, "your own data (with --init: a `breadcrumbs convert` folder, "
+                                "fine-tuned on the rows' worked answers)")
     for s in (teacher, student):
+        s.add_argument("--lora-rank", type=int, default=0,
+                       help="train LoRA adapters of this rank (a student's beacon embedding row "
+                            "too) instead of all weights (the checkpoint is saved merged)")
         s.add_argument("--out", required=True, help="run / checkpoint folder (HF format)")
         s.add_argument("--seed", type=int, default=0)
         if s is student:
@@ -93,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--max-minutes", type=float, default=None,
                        help="stop (with a checkpoint) after this long; continue with --resume")
         s.add_argument("--resume", action="store_true", help="continue the run in --out")
+        s.add_argument("--extend-steps", type=int, default=0, metavar="K",
+                       help="with --resume: train K steps past the recorded end (added to the "
+                            "run's last phase; the learning-rate schedule stretches to the new end)")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         s.add_argument("--mixed-precision", choices=["no", "bf16", "auto"], default="no",
                        help="bf16: forward passes under autocast, float32 weights; auto: bf16 "
@@ -117,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if recorded is None:
             raise ValueError(f"--resume: {out} holds no resumable run")
-        cfg = recorded
+        cfg = extended(recorded, args.extend_steps)
     else:
         if recorded is not None:
             raise ValueError(f"{out} already holds a run: pass --resume or choose another --out")
+        if args.extend_steps:
+            raise ValueError("--extend-steps goes with --resume")
         cfg = config_from_args(args, parse_ratio_list)
     teacher_out = None
     if cfg.stage == "student" and not cfg.sequential:
@@ -133,6 +140,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'finished' if done else 'paused'}: {out}"
           + ("" if done else " (continue with --resume)"))
     return 0
+
+
+def extended(cfg, steps: int):
+    """``cfg`` with ``steps`` more steps in its last phase: rollout steps if it has any, else the
+    warm start (teacher SFT, student trace distillation)."""
+    if steps < 0:
+        raise ValueError("--extend-steps must be >= 0")
+    if cfg.rl_steps:
+        cfg.rl_steps += steps
+    elif cfg.stage == "teacher":
+        cfg.sft_steps += steps
+    else:
+        cfg.trace_steps += steps
+    return cfg
 
 
 def config_from_args(args: argparse.Namespace, parse_ratio_list):
@@ -155,6 +176,9 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
         raise ValueError("--rl-steps, --warmup and --kl-coef must be >= 0 and --group >= 2 "
                          "(>= 1 with --sequential)")
     if args.stage == "teacher":
+        if args.data is not None and args.init is None:
+            raise ValueError("--data trains a teacher from a model: pass --init FOLDER (a "
+                             "`breadcrumbs convert` folder)")
         if args.init is not None:
             return teacher_config_from_init(args, common)
         if args.layers < 1 or args.hidden < 32 or args.hidden % 32:
@@ -179,22 +203,34 @@ def frozen_teacher(args: argparse.Namespace) -> bool:
     return not args.joint
 
 
+def lora_rank(args: argparse.Namespace) -> int:
+    if args.lora_rank < 0:
+        raise ValueError("--lora-rank must be >= 0")
+    return args.lora_rank
+
+
+def checked_data(args: argparse.Namespace):
+    """The ``--data`` rows' spec; unreadable data, missing columns and unknown verifiers fail
+    here, before any training."""
+    from breadcrumbs_vllm.data import DataTask
+
+    spec = data_spec(args)
+    DataTask(spec)
+    return spec
+
+
 def data_options(args: argparse.Namespace) -> dict:
     """The ``--data`` settings of a student run (empty without ``--data``), checked up front."""
-    if args.lora_rank < 0 or args.rollout_kv_gib <= 0:
-        raise ValueError("--lora-rank must be >= 0 and --rollout-kv-gib positive")
-    if args.lora_rank and args.on_policy:
+    if args.rollout_kv_gib <= 0:
+        raise ValueError("--rollout-kv-gib must be positive")
+    if lora_rank(args) and args.on_policy:
         raise ValueError("--lora-rank does not combine with --on-policy (the rollout engine needs "
                          "the merged student every step)")
     options = {"lora_rank": args.lora_rank, "rollout_kv_gib": args.rollout_kv_gib,
                "rollout_engine": args.rollout_engine or ("vllm" if args.data else "reference")}
     if args.data is None:
         return options
-    from breadcrumbs_vllm.data import DataTask
-
-    spec = data_spec(args)
-    DataTask(spec)  # unreadable data, missing columns and unknown verifiers fail before training
-    return {**options, "data": spec.to_dict(), "keep_correct": args.keep_correct}
+    return {**options, "data": checked_data(args).to_dict(), "keep_correct": args.keep_correct}
 
 
 def native_bf16() -> bool:
@@ -235,6 +271,11 @@ def teacher_config_from_init(args: argparse.Namespace, common: dict):
     config = json.loads((Path(args.init) / "config.json").read_text())
     if args.sft_steps + args.rl_steps < 1:
         raise ValueError("a teacher run needs --sft-steps or --rl-steps >= 1")
+    if args.data is not None:  # a user's model fine-tuned on the rows' worked answers
+        return TrainConfig(task="data", layers=config["num_hidden_layers"],
+                           hidden=config["hidden_size"], sft_steps=args.sft_steps,
+                           sft_batch=args.sft_batch, lr=args.lr, init=str(Path(args.init).resolve()),
+                           lora_rank=lora_rank(args), data=checked_data(args).to_dict(), **common)
     task = bc.task or "countdown"
     # A curriculum: the knobs named here replace the checkpoint's, the others carry over, and the
     # new checkpoint records the merged set (the distribution it was last trained on).

@@ -227,8 +227,32 @@ class RKV(SnapKV):
         return self.mix * importance - (1 - self.mix) * torch.softmax(others, dim=0)
 
 
+class RandomEviction(KVPolicy):
+    """Evict generated entries uniformly at random, seeded: the floor every scoring rule must beat.
+
+    At about 4x compression random eviction is reported to match SnapKV, R-KV and TriAttention
+    (arXiv 2609.03430), so a claim of *learned* compression at 8-16x is made against it. Each
+    layer draws its own entries from one generator per sequence, seeded, so a run is reproducible
+    given the order of calls (the engine calls every layer after every forward, in layer order).
+    """
+
+    name = "random"
+
+    def __init__(self, budget: int, seed: int = 0) -> None:
+        super().__init__(budget)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def select(self, kv_len: int, prompt_len: int, attention: torch.Tensor | None,
+               layer: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.num_to_evict(kv_len, prompt_len)
+        start = self.protected(prompt_len)
+        drawn = torch.randperm(kv_len - start, generator=self._generator)[:n]
+        return start + torch.sort(drawn).values
+
+
 POLICIES: dict[str, type[KVPolicy]] = {
-    cls.name: cls for cls in (StreamingLLM, StreamingLLMSinks, TOVA, H2O, SnapKV, RKV)}
+    cls.name: cls
+    for cls in (StreamingLLM, StreamingLLMSinks, TOVA, H2O, SnapKV, RKV, RandomEviction)}
 
 
 def make_policy(name: str, budget: int) -> KVPolicy:

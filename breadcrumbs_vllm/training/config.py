@@ -52,7 +52,7 @@ class TrainConfig:
     # choice on GPUs); weights and optimiser state stay float32
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute activations in the backward (long rollouts)
-    lora_rank: int = 0  # student: LoRA adapters of this rank (0: full fine-tuning); beacon row trains
+    lora_rank: int = 0  # LoRA adapters of this rank (0: full fine-tuning); a student's beacon row trains
     # a user's data instead of a built-in task (``breadcrumbs_vllm.data.DataSpec`` fields)
     data: dict | None = None
     keep_correct: bool = False  # distil only rollouts the verifier scores correct

@@ -21,7 +21,8 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   are rows of a data file scored by a verifier (:class:`~breadcrumbs_vllm.data.DataTask`), and
   ``keep_correct`` distils only the rollouts the verifier accepts. ``rollout_engine="vllm"``
   samples rollouts with an in-process vLLM engine (:mod:`~breadcrumbs_vllm.training.rollouts`);
-  ``lora_rank`` trains the student through LoRA adapters plus its beacon embedding row.
+  ``lora_rank`` trains the student through LoRA adapters plus its beacon embedding row (and a
+  teacher fine-tuned from a converted model, ``init`` with ``data``, through LoRA adapters).
 
 Every step is a pure function of (config, step): problems, sampling seeds and ratios derive from
 the seed and the step number, so ``--resume`` continues exactly where a run stopped. Checkpoints
@@ -139,7 +140,7 @@ class Run:
         # A user's model brings its own tokenizer. Otherwise the project tokenizer; a
         # checkpoint's loaded tokenizer gives the same ids (tests/test_tokenizer.py), so what is
         # trained is what vLLM serves.
-        self.tokenizer = load_tokenizer(cfg.teacher) if cfg.data else build_tokenizer()
+        self.tokenizer = load_tokenizer(cfg.teacher or cfg.init) if cfg.data else build_tokenizer()
         resume = (out / STATE_FILE).is_file()
         if cfg.stage == "teacher":
             self._init_teacher(resume)
@@ -151,15 +152,17 @@ class Run:
     # --- models ------------------------------------------------------------------------------
     def _init_teacher(self, resume: bool) -> None:
         cfg = self.cfg
-        if resume:
+        if resume and not cfg.lora_rank:  # LoRA resumes its adapters on the base (_load_state)
             model, _, self.bc = load_checkpoint(self.out, attn_implementation="sdpa")
-        elif cfg.init is not None:  # e.g. more GRPO on a finished teacher
+        elif cfg.init is not None:  # more GRPO on a finished teacher, or a user's converted model
             model, _, self.bc = load_checkpoint(cfg.init, attn_implementation="sdpa")
             self.bc.task_options = dict(cfg.task_options)  # --task-option may move the curriculum
         else:
             model, _, self.bc = init_model(cfg.layers, cfg.hidden, seed=cfg.seed,
                                            ratios=cfg.ratios, task=cfg.task,
                                            task_options=cfg.task_options)
+        if cfg.lora_rank:
+            model = with_lora(model, cfg.lora_rank, self.bc.beacon_token_id)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         self.teacher = self.acc.prepare(model.train())
@@ -420,7 +423,7 @@ class Run:
             if self.teacher_opt is not None:  # joint: the teacher moves too
                 state["teacher"] = self.acc.unwrap_model(self.teacher).state_dict()
         model = self.acc.unwrap_model(self.student if self.student is not None else self.teacher)
-        if self.cfg.lora_rank and self.student is not None:
+        if self.cfg.lora_rank:
             from peft import get_peft_model_state_dict
 
             state["lora"] = get_peft_model_state_dict(model)
@@ -446,7 +449,8 @@ class Run:
         if state.get("lora") is not None:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.acc.unwrap_model(self.student), state["lora"])
+            trained = self.student if self.student is not None else self.teacher
+            set_peft_model_state_dict(self.acc.unwrap_model(trained), state["lora"])
         if state.get("reference") is not None:
             self.reference = frozen_copy(self.acc.unwrap_model(self.teacher))
             self.reference.load_state_dict(state["reference"])

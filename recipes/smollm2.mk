@@ -1,0 +1,33 @@
+# The SmolLM2 pair: SmolLM2-135M-Instruct from PyPI, a LoRA teacher fine-tuned on running sums
+# (recipes/sums.py), and its LoRA beacon student; `artifact` writes models/smollm2-sums-student.
+# On 2 CPU cores a step of 8 sequences takes about a minute (teacher 40 min, student ~40 min).
+#   make -f recipes/smollm2.mk artifact        # the whole chain, from the PyPI download
+#   make -f recipes/smollm2.mk more-student    # continue the student: K more steps (K=30)
+include recipes/common.mk
+BC := .venv/bin/breadcrumbs
+SMOL := runs/smollm2
+LORA := --data $(SMOL)/train.jsonl --verifier exact --lora-rank 8 --max-tokens 160 \
+	--eval-every 1000 --eval-n 16 --save-every 5 --threads 2 --seed 0
+K ?= 30
+
+base:  # SmolLM2-135M-Instruct, dequantized to float32, with <beacon> (about 1 min)
+	$(BC) fetch smollm2-135m-instruct --out runs/smollm2-bc
+
+data:  # 20,000 training rows and 500 held-out rows that never occur in them
+	.venv/bin/python recipes/sums.py --n 20000 --seed 0 --out $(SMOL)/train.jsonl
+	.venv/bin/python recipes/sums.py --n 500 --seed 1 --exclude $(SMOL)/train.jsonl \
+		--out $(SMOL)/held-out.jsonl
+
+teacher: base data  # 32 LoRA SFT steps of 8 worked answers
+	$(TRAIN) teacher --init runs/smollm2-bc $(LORA) --sft-steps 32 --sft-batch 8 --lr 1e-3 \
+		--warmup 4 --out runs/smollm2-teacher
+
+student: teacher  # 30 steps distilling the teacher on solver traces, ratios 2-16
+	$(TRAIN) student --teacher runs/smollm2-teacher $(LORA) --ratios 2,4,8,16 --trace-steps 30 \
+		--trace-batch 8 --distill-lr 1e-3 --warmup 3 --out runs/smollm2-student
+
+more-student:  # continue the student run K steps past where it ended
+	$(TRAIN) student --resume --extend-steps $(K) --out runs/smollm2-student
+
+artifact:  # the adapters (teacher + student) over the PyPI base: what models/ holds
+	$(BC) adapter export --run runs/smollm2-student --out models/smollm2-sums-student

@@ -1,0 +1,59 @@
+"""Running sums in plain English: the task the SmolLM2 pair is trained on, written as JSONL rows.
+
+Each row is ``{"prompt", "answer"}`` for ``--data`` (``verifier exact``): the prompt lists
+numbers to add from left to right; the answer is the worked solution, one partial sum a line,
+ending in ``Answer: N``. A student that compresses its reasoning has to carry the running total
+and its place in the list through the beacons: the lines that wrote them are evicted, the prompt
+is not. SmolLM2-135M-Instruct as released gets almost none right (it states a sum without the
+working); a short LoRA fine-tune on these answers makes it the teacher.
+
+    python recipes/sums.py --n 20000 --seed 0 --out runs/smollm2/train.jsonl
+    python recipes/sums.py --n 500 --seed 1 --exclude runs/smollm2/train.jsonl --out runs/smollm2/held-out.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+INSTRUCTION = ("Add these numbers from left to right, one at a time: {numbers}. "
+               "End with 'Answer: <number>'.")
+
+
+def row(rng: random.Random, lengths: tuple[int, int] = (6, 10),
+        values: tuple[int, int] = (2, 30)) -> dict[str, str]:
+    numbers = [rng.randint(*values) for _ in range(rng.randint(*lengths))]
+    lines, total = [], numbers[0]
+    for n in numbers[1:]:
+        lines.append(f"{total} + {n} = {total + n}")
+        total += n
+    return {"prompt": INSTRUCTION.format(numbers=", ".join(map(str, numbers))),
+            "answer": "\n".join(lines + [f"Answer: {total}"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--exclude", type=Path, default=None,
+                        help="JSONL whose prompts must not recur (held-out rows vs training rows)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    seen = set()
+    if args.exclude is not None:
+        seen = {json.loads(line)["prompt"] for line in args.exclude.read_text().splitlines()}
+    rng, rows = random.Random(args.seed), []
+    while len(rows) < args.n:
+        new = row(rng)
+        if new["prompt"] not in seen:
+            seen.add(new["prompt"])
+            rows.append(new)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Adapter artifacts: export a LoRA lineage, assemble it over its base, refuse a wrong base.
+
+The runs here are made by hand (a run folder's ``training_config.json`` and the ``lora`` state
+the trainer saves) over a tiny converted Llama that stands in for a fetched base, so export and
+assemble are checked against PEFT's own merge without training anything. The real artifact
+(``models/smollm2-sums-student`` over SmolLM2 from PyPI) is assembled and served by
+``tests/test_smollm2_serve.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from byo_models import converted
+from peft import get_peft_model_state_dict
+
+from breadcrumbs_vllm.adapters import assemble, export
+from breadcrumbs_vllm.bases import BASE_FILE, BASES
+from breadcrumbs_vllm.checkpoint import load_checkpoint, save_checkpoint
+from breadcrumbs_vllm.cli import main
+from breadcrumbs_vllm.training.trainer import merged_copy, with_lora
+
+RECORD = BASES["smollm2-135m-instruct"].record()
+
+
+def lora_run(parent: Path, out: Path, stage: str, seed: int):
+    """A finished LoRA run of ``stage`` on the model in ``parent``: random adapters (B non-zero,
+    so merging changes the weights, and a moved beacon row) saved as the trainer saves them."""
+    model, tokenizer, bc = load_checkpoint(parent)
+    peft_model = with_lora(model, 2, bc.beacon_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    merged = merged_copy(peft_model)
+    config = {"stage": stage, "lora_rank": 2,
+              "teacher" if stage == "student" else "init": str(parent)}
+    save_checkpoint(merged, tokenizer, bc, out,
+                    extra_files={"training_config.json": json.dumps(config)})
+    torch.save({"lora": get_peft_model_state_dict(peft_model)}, out / "trainer_state.pt")
+    return merged
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    """A fake fetched base, a LoRA teacher on it and a LoRA student on the teacher."""
+    root = tmp_path_factory.mktemp("lineage")
+    _, base = converted("llama", root)
+    (base / BASE_FILE).write_text(json.dumps(RECORD))
+    lora_run(base, root / "teacher", "teacher", seed=1)
+    student = lora_run(root / "teacher", root / "student", "student", seed=2)
+    return root, base, student
+
+
+def test_export_then_assemble_rebuilds_the_student(lineage, tmp_path) -> None:
+    root, base, student = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    record = json.loads((artifact / "artifact.json").read_text())
+    assert record["layers"] == ["teacher", "student"] and record["base"] == RECORD
+    rebuilt, _, bc = load_checkpoint(assemble(artifact, base, tmp_path / "out"))
+    assert bc.ratios == [2, 4, 8, 16] and bc.teacher is None
+    want = student.state_dict()
+    for name, tensor in rebuilt.state_dict().items():  # adapters are stored in bf16
+        torch.testing.assert_close(tensor, want[name], atol=2e-2, rtol=2e-2, msg=name)
+    untouched, _, base_bc = load_checkpoint(base)  # the adapters did change the weights
+    assert not torch.allclose(rebuilt.model.layers[0].self_attn.q_proj.weight,
+                              untouched.model.layers[0].self_attn.q_proj.weight)
+    beacon = base_bc.beacon_token_id
+    assert not torch.allclose(rebuilt.model.embed_tokens.weight[beacon],
+                              untouched.model.embed_tokens.weight[beacon])
+
+
+def test_a_base_of_another_model_is_refused_in_one_line(lineage, tmp_path, capsys) -> None:
+    root, base, _ = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    other = json.loads(json.dumps(RECORD)) | {"sha256": "0" * 64}
+    (tmp_path / "wrong").mkdir()
+    for item in base.iterdir():
+        (tmp_path / "wrong" / item.name).symlink_to(item)
+    (tmp_path / "wrong" / BASE_FILE).unlink()
+    (tmp_path / "wrong" / BASE_FILE).write_text(json.dumps(other))
+    code = main(["adapter", "assemble", str(artifact), "--base", str(tmp_path / "wrong"),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not hold the base" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_artifact_on_another_architecture_is_refused(lineage, tmp_path, capsys) -> None:
+    root, _, _ = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    _, qwen = converted("qwen3", tmp_path)  # another shape, recorded as the same base
+    (qwen / BASE_FILE).write_text(json.dumps(RECORD))
+    code = main(["adapter", "assemble", str(artifact), "--base", str(qwen),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not fit the base" in err and "\n" not in err
+
+
+def test_a_run_without_lora_or_base_cannot_be_exported(lineage, tmp_path, capsys) -> None:
+    _, base, _ = lineage
+    code = main(["adapter", "export", "--run", str(base.parent / "llama"),
+                 "--out", str(tmp_path / "a")])
+    assert code == 2 and "neither a training run nor a fetched base" in capsys.readouterr().err
