@@ -66,6 +66,7 @@ def record_of(given: str) -> str:
 
 def tracked(*folders: str) -> list[Path]:
     listed = subprocess.run(["git", "ls-files", "-z", *folders], cwd=ROOT, capture_output=True,
+                            check=False,
                             text=True)
     if listed.returncode:  # not a git checkout (an exported tree): every file is the tree's
         return [p for folder in folders for p in (ROOT / folder).rglob("*") if p.is_file()]

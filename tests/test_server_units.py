@@ -16,10 +16,10 @@ from breadcrumbs_vllm.checkpoint import (
     read_breadcrumbs_config,
     save_checkpoint,
 )
-from breadcrumbs_vllm.cli import serve
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio
 from server import Settings, create_app
+from server.cli import serve
 from server.compression import RatioPolicy, choice_savings
 from server.engines.remote import RemoteBackend
 from server.errors import APIError

@@ -301,7 +301,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from breadcrumbs_vllm.cli.serve import bundled_model
+    from server.cli.serve import bundled_model
 
     if args.replicas < 1 or args.poll_interval < 1:
         raise ValueError("--replicas and --poll-interval must be at least 1")
