@@ -12,3 +12,9 @@ TRACES := --trace-batch 32 --sequential --warmup 50 --mixed-precision auto
 # A GRPO stage on a supervised teacher, with a KL guard (the last stage of every bundled teacher).
 GRPO := --sft-steps 0 --rl-steps 20 --rl-problems 8 --group 8 --rl-lr 2e-5 --kl-coef 0.2 \
 	--temperature 0.7 --eval-every 10 --eval-n 64 --threads 2 --mixed-precision auto
+
+# `make -f recipes/<task>.mk` alone lists the targets instead of starting the first one.
+.DEFAULT_GOAL := targets
+.PHONY: targets
+targets:
+	@grep -E '^[a-z0-9-]+:' $(firstword $(MAKEFILE_LIST))
