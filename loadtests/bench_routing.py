@@ -29,8 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from breadcrumbs_vllm.cli.router import check_ports_free, start_replicas, start_router, stop_all
-from breadcrumbs_vllm.cli.serve import bundled_model
+from server.cli.router import check_ports_free, start_replicas, start_router, stop_all
+from server.cli.serve import bundled_model
 
 POLICIES = ("round_robin", "power_of_two")
 MAX_REQUESTS, MAX_SECONDS = 500, 900

@@ -3,7 +3,7 @@
 The gateway is a thin layer in front of vLLM's own OpenAI serving app (embedded) or of one vLLM
 server (remote)::
 
-    RequestCounter -> BodySizeLimit -> KeyGuard -> CompressionLayer -> ErrorEnvelope
+    RequestCounter -> BodyLimits -> KeyGuard -> CompressionLayer -> ErrorEnvelope
         -> /health, /ready, /metrics
         -> the backend's OpenAI app
 
@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
 from server.compression import RatioPolicy
-from server.dependencies import PUBLIC_PATHS, BodySizeLimit, KeyGuard, RateLimiter, RequestCounter
+from server.dependencies import PUBLIC_PATHS, BodyLimits, KeyGuard, RateLimiter, RequestCounter
 from server.engines.base import EngineBackend
 from server.errors import APIError, ErrorEnvelope, error_response, install_error_handlers
 from server.layer import ROUTES, CompressionLayer
@@ -82,6 +82,6 @@ def create_app(settings: Settings, backend: EngineBackend | None = None) -> Fast
     app.add_middleware(CompressionLayer, settings=settings, policy=policy, backend=backend)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.add_middleware(KeyGuard, keys=settings.api_keys)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, routes=frozenset({*ROUTES, *PUBLIC_PATHS, "/v1/models"}))
     return app

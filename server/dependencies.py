@@ -9,6 +9,7 @@ orchestrators and Prometheus can reach them; they expose no request content.
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from collections import deque
 
@@ -18,6 +19,8 @@ from server import metrics
 from server.errors import APIError, error_response
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/get_load"})
+# Deeper JSON bodies are refused before anything parses them (``BodyLimits``).
+MAX_JSON_DEPTH = 256
 
 
 class RateLimiter:
@@ -76,9 +79,15 @@ class KeyGuard:
         return f"key:{given.decode(errors='replace')}"
 
 
-class BodySizeLimit:
-    """413 for request bodies over the cap, checked while reading (chunked bodies included)
-    and before the app sees a byte, so an oversized body is never parsed or buffered whole."""
+class BodyLimits:
+    """Bodies no parser should see: 413 over the size cap, checked while reading (chunked bodies
+    included) and before the app sees a byte, so an oversized body is never parsed or buffered
+    whole; 400 for JSON nested deeper than ``MAX_JSON_DEPTH``.
+
+    Python's JSON decoder recurses once per level, so a body of a few thousand nested arrays
+    raises ``RecursionError`` in whoever parses it (this gateway, FastAPI, vLLM): a 500 for what
+    is bad input. No OpenAI request nests anywhere near the bound.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -106,11 +115,32 @@ class BodySizeLimit:
                 return
             if not message.get("more_body", False):
                 break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        if nests_deeper_than(body, MAX_JSON_DEPTH):
+            await error_response(APIError(400, f"the JSON body nests deeper than "
+                                               f"{MAX_JSON_DEPTH} levels"))(scope, receive, send)
+            return
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+def nests_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether ``body`` is JSON whose arrays and objects nest more than ``limit`` levels deep."""
+    if body.count(b"[") + body.count(b"{") <= limit:  # too few brackets: no need to parse
+        return False
+    try:
+        level = [json.loads(body)]
+    except RecursionError:
+        return True
+    except ValueError:  # not JSON: the route answers it as it would any other
+        return False
+    for _ in range(limit):  # one level of containers at a time, without recursion
+        level = [child for node in level if isinstance(node, (list, dict))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+    return any(isinstance(node, (list, dict)) for node in level)
 
 
 class RequestCounter:

@@ -37,6 +37,8 @@ ROUTES = {
     "/v1/completions": ("completions", ("max_tokens",)),
     "/v1/responses": ("responses", ("max_output_tokens",)),
 }
+#: The message roles of OpenAI's chat API.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _UNSET = object()
 _OK = (200,)
 _RATIO = "compression_ratio"
@@ -75,6 +77,8 @@ class CompressionLayer:
             account = RequestAccount(label, self._take_ratio(body))
             self._apply_caps(body, cap_fields)
             _refuse_what_cannot_compress(body, account.requested)
+            if label == "chat":
+                _refuse_unknown_roles(body)
             if label == "responses":
                 _refuse_output_messages_vllm_cannot_read(body)
         except APIError as exc:
@@ -182,6 +186,21 @@ def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:
         raise APIError(400, "use_beam_search cannot be combined with compression (vLLM's beam "
                             "search drops the request's compression_ratio); send "
                             "compression_ratio null", param="use_beam_search")
+
+
+def _refuse_unknown_roles(body: dict[str, Any]) -> None:
+    """400 naming ``messages[i].role`` for a role OpenAI's chat API does not have, as OpenAI does.
+
+    vLLM accepts any role string (a custom message type) and hands it to the chat template,
+    which renders it or drops it silently: a request that is wrong answered as if it were right.
+    """
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(role, str) and role not in CHAT_ROLES:
+            raise APIError(400, f"Invalid value: {role!r}. Supported values are: "
+                                + ", ".join(repr(r) for r in CHAT_ROLES),
+                           param=f"messages[{i}].role")
 
 
 def _refuse_output_messages_vllm_cannot_read(body: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -13,6 +14,30 @@ import pytest
 def breadcrumbs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300, check=False)
+
+
+def test_the_library_never_imports_the_gateway() -> None:
+    """``server`` builds on ``breadcrumbs_vllm``, never the reverse: the gateway's subcommands reach
+    the ``breadcrumbs`` command through the ``breadcrumbs.commands`` entry points instead."""
+    library = Path(__file__).resolve().parents[1] / "breadcrumbs_vllm"
+    upward = []
+    for path in sorted(library.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module or ""]
+            else:
+                continue
+            upward += [f"{path.name}:{node.lineno}" for m in modules if m.split(".")[0] == "server"]
+    assert not upward
+
+
+@pytest.mark.parametrize("command", ["serve", "router"])
+def test_the_gateway_adds_its_subcommands(command: str) -> None:
+    proc = breadcrumbs(command, "--help")
+    assert proc.returncode == 0, "entry point missing: reinstall with `make setup`\n" + proc.stderr
+    assert f"usage: breadcrumbs {command}" in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +151,9 @@ def test_baselines_compress_the_baseline_model(tiny_checkpoint, tmp_path):
     # breadcrumbs eval's default: a student's baselines run on the teacher its config names.
     (tmp_path / "teacher").mkdir()
     (tmp_path / "student").mkdir()
+    with pytest.raises(ValueError, match="holds no weights"):  # a stage's record, not a model
+        default_baseline_model(tmp_path / "student", "../teacher")
+    (tmp_path / "teacher" / "model.safetensors").touch()
     assert default_baseline_model(tmp_path / "student", "../teacher") == str(tmp_path / "student" / "../teacher")
     assert default_baseline_model(tmp_path / "student", "../missing") == str(tmp_path / "student")
     assert default_baseline_model(tmp_path / "student", None) == str(tmp_path / "student")

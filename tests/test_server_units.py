@@ -16,11 +16,12 @@ from breadcrumbs_vllm.checkpoint import (
     read_breadcrumbs_config,
     save_checkpoint,
 )
-from breadcrumbs_vllm.cli import serve
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio
 from server import Settings, create_app
+from server.cli import serve
 from server.compression import RatioPolicy, choice_savings
+from server.dependencies import MAX_JSON_DEPTH
 from server.engines.remote import RemoteBackend
 from server.errors import APIError
 
@@ -189,6 +190,41 @@ def test_layer_refuses_bad_ratios_and_caps_before_the_engine(checkpoint):
         # No max tokens asked: the gateway's default is applied, under the newer field name.
         assert fake.bodies[-1][1]["max_completion_tokens"] == 100  # the default, under the cap
         assert client.get("/metrics").status_code == 200  # ops routes need no key
+
+
+def test_bodies_nested_too_deep_and_unknown_roles_get_a_400_before_the_engine(checkpoint):
+    """Both were reachable as a new user: 50,000 nested arrays made a 500 (``RecursionError``
+    in JSON decoding, on every route), and a role OpenAI does not have was answered with a 200."""
+    fake = FakeVLLM()
+    settings = Settings(model=checkpoint, served_model_name="tiny", upstream="http://a:8000",
+                        health_interval_s=3600)
+    backend = RemoteBackend(settings, transport=httpx.MockTransport(fake))
+    deep = b"[" * 50_000 + b"]" * 50_000
+    with TestClient(create_app(settings, backend=backend)) as client:
+        for route in ("/v1/chat/completions", "/v1/completions", "/tokenize"):
+            resp = client.post(route, content=deep, headers={"content-type": "application/json"})
+            assert resp.status_code == 400, (route, resp.text)
+            assert resp.json()["error"] == {"message": "the JSON body nests deeper than 256 levels",
+                                            "type": "invalid_request_error", "param": None,
+                                            "code": 400}
+        messages = [{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}]
+        resp = client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages})
+        assert resp.status_code == 400
+        error = resp.json()["error"]
+        assert error["param"] == "messages[1].role" and "'wizard'" in error["message"]
+        assert not fake.bodies  # nothing reached the engine
+
+        # A body at the bound (two objects around the lists), and every role OpenAI has, pass on.
+        nested: list = []
+        for _ in range(MAX_JSON_DEPTH - 3):
+            nested = [nested]
+        roles = [{"role": r, "content": "x"} for r in ("system", "developer", "user", "assistant")]
+        body = {"model": "tiny", "messages": roles, "metadata": {"deep": nested}}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        assert fake.bodies[-1][1]["metadata"]["deep"] == nested
+        resp = client.post("/v1/chat/completions", json={**body, "metadata": {"deep": [nested]}})
+        assert resp.status_code == 400
 
 
 # ---------------------------------------------------------------- breadcrumbs serve

@@ -75,7 +75,8 @@ def test_teacher_init_continues_a_checkpoint_with_grpo(teacher: Path) -> None:
     log = log_of(out)
     assert [row["step"] for row in log] == [1, 2] and all("reward" in row for row in log)
     recorded = TrainConfig.from_json((out / "training_config.json").read_text())
-    assert (recorded.layers, recorded.hidden, recorded.init) == (1, 64, str(teacher.resolve()))
+    # The checkpoint records where it started relative to itself, so the two can move together.
+    assert (recorded.layers, recorded.hidden, recorded.init) == (1, 64, f"../{teacher.name}")
     for a, b in zip(load_checkpoint(teacher)[0].parameters(), load_checkpoint(out)[0].parameters()):
         assert torch.equal(a, b)
 

@@ -2,7 +2,10 @@
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
-User errors (``ValueError`` and friends) become a one-line message and exit code 2.
+Packages built on this one add subcommands the same way through the ``breadcrumbs.commands``
+entry-point group (the gateway adds ``serve`` and ``router`` from ``server.cli``), so the library
+never imports the applications above it. User errors (``ValueError`` and friends) become a
+one-line message and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import entry_points
 
-# Subcommand modules, in the order ``--help`` lists them.
+# Subcommand modules, in the order ``--help`` lists them (entry-point commands follow).
 COMMANDS = [
     "breadcrumbs_vllm.cli.init_model",
     "breadcrumbs_vllm.cli.convert",
@@ -20,10 +24,10 @@ COMMANDS = [
     "breadcrumbs_vllm.cli.adapter",
     "breadcrumbs_vllm.cli.generate",
     "breadcrumbs_vllm.cli.eval",
-    "breadcrumbs_vllm.cli.serve",
-    "breadcrumbs_vllm.cli.router",
     "breadcrumbs_vllm.cli.train",
 ]
+# Where installed packages declare their ``register`` functions.
+COMMAND_GROUP = "breadcrumbs.commands"
 
 
 class UsageError(ValueError):
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
+    for command in entry_points(group=COMMAND_GROUP):
+        command.load()(sub)
     return parser
 
 

@@ -101,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budgets) if args.budgets is not None else None
 
     engine = ReferenceEngine.from_checkpoint(args.model)
-    baseline_model = args.baseline_model or default_baseline_model(Path(args.model), bc.teacher)
-    baseline_engine = None
     # The baseline model also runs the teacher rows of the fixed-budget mode.
     uses_baseline_model = bool(baselines) or budgets is not None
+    baseline_model = args.baseline_model or (
+        default_baseline_model(Path(args.model), bc.teacher) if uses_baseline_model else args.model)
+    baseline_engine = None
     if uses_baseline_model and Path(baseline_model).resolve() != Path(args.model).resolve():
         baseline_engine = ReferenceEngine.from_checkpoint(baseline_model)
     if args.held_out_from:
@@ -183,10 +184,17 @@ def data_task(args: argparse.Namespace):
 
 
 def default_baseline_model(model: Path, teacher: str | None) -> str:
-    """A student's baselines compress its teacher (the paper's comparison); else the model itself."""
-    if teacher is not None and (model / teacher).is_dir():
-        return str(model / teacher)
-    return str(model)
+    """A student's baselines compress its teacher (the paper's comparison); else the model itself.
+
+    A student's teacher link may name a training stage's committed record, which holds its config
+    but no weights (``docs/results/stages/``): then the user must say which teacher to compress.
+    """
+    if teacher is None or not (model / teacher).is_dir():
+        return str(model)
+    if not any((model / teacher).glob("*.safetensors")):
+        raise ValueError(f"the teacher {model / teacher} holds no weights (a training stage's "
+                         "record): pass --baseline-model, or --baselines '' for none")
+    return str(model / teacher)
 
 
 def parse_budgets(text: str) -> list[int]:

@@ -44,8 +44,8 @@ def training_prompts(model: Path | str) -> set[str]:
             prompts.update(p.prompt for p in step_problems(cfg, task, step))
         bc = read_breadcrumbs_config(folder)
         teacher = bc.teacher or cfg.teacher
-        # A relative path is relative to the checkpoint, so a lineage moved into the repo
-        # (``models/``) stays resolvable; runs record absolute paths.
+        # Links are recorded relative to the checkpoint, so a lineage moved together stays
+        # resolvable (the bundled models link to their stages' records in docs/results/stages/).
         pending += [(folder / origin).resolve() for origin in (cfg.init, teacher) if origin]
     return prompts
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+# The fields naming other checkpoints (the teacher, the one a run continues from).
+LINKS = ("teacher", "init")
 
 
 @dataclass
@@ -75,3 +80,18 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls(**json.loads(text))
+
+    def relative_to(self, folder: Path | str) -> TrainConfig:
+        """The config as checkpoint ``folder`` records it: linked checkpoints relative to it.
+
+        A run holds its links resolved; the record names them from the checkpoint, as
+        ``config.json``'s ``breadcrumbs.teacher`` does, so a lineage moved together (into a
+        repository, onto another machine) still resolves and names no machine's paths.
+        """
+        return replace(self, **{k: os.path.relpath(Path(v).resolve(), Path(folder).resolve())
+                                for k in LINKS if (v := getattr(self, k))})
+
+    def resolved_from(self, folder: Path | str) -> TrainConfig:
+        """The inverse of ``relative_to``: links as paths a run can open (absolute ones kept)."""
+        return replace(self, **{k: str((Path(folder) / v).resolve())
+                                for k in LINKS if (v := getattr(self, k))})

@@ -428,7 +428,7 @@ class Run:
 
             state["lora"] = get_peft_model_state_dict(model)
             model = merged_copy(model)  # the checkpoint is a plain HF folder vLLM loads
-        extra = {CONFIG_FILE: self.cfg.to_json(),
+        extra = {CONFIG_FILE: self.cfg.relative_to(self.out).to_json(),
                  LOG_FILE: "".join(json.dumps(row) + "\n" for row in self.log)}
 
         def write(tmp: Path) -> None:
@@ -439,7 +439,9 @@ class Run:
         if self.teacher_out is not None and self.student is not None and self.teacher_opt is not None:
             teacher_bc = type(self.bc)(**{**self.bc.to_dict(), "teacher": None})
             save_checkpoint(self.acc.unwrap_model(self.teacher), self.tokenizer, teacher_bc,
-                            self.teacher_out, extra_files={CONFIG_FILE: self.cfg.to_json()})
+                            self.teacher_out,
+                            extra_files={CONFIG_FILE: self.cfg.relative_to(self.teacher_out)
+                                         .to_json()})
 
     def _load_state(self) -> None:
         state = torch.load(self.out / STATE_FILE, weights_only=False)
@@ -510,5 +512,5 @@ def set_lr(optimizer, lr: float) -> None:
 def load_config(out: Path) -> TrainConfig | None:
     """The config recorded in a run folder, if it holds a resumable run."""
     if (out / STATE_FILE).is_file() and (out / CONFIG_FILE).is_file():
-        return TrainConfig.from_json((out / CONFIG_FILE).read_text())
+        return TrainConfig.from_json((out / CONFIG_FILE).read_text()).resolved_from(out)
     return None

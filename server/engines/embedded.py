@@ -71,6 +71,15 @@ def _cpu_cold_start(model: Path) -> Iterator[list[str]]:
             os.environ[key] = before
 
 
+# Structured output (``response_format``) writes compact JSON by default. Left free to place
+# whitespace, grammar-constrained decoding lets a model pad an object with spaces and newlines until
+# ``max_tokens`` runs out (the bundled character-level students do, on every schema tried), so the
+# answer is never valid JSON. vLLM 0.32 reads ``disable_any_whitespace`` only from the engine's
+# config, and only for a named backend (xgrammar or guidance), not per request; this choice is
+# ``--structured-outputs-config``, which ``-- --structured-outputs-config '{...}'`` overrides.
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
 def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list[str],
               cpu: bool = False):
     """The ``argparse.Namespace`` ``vllm serve`` would build for these settings.
@@ -90,7 +99,8 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
     flags = ["--model", str(settings.model), "--served-model-name", settings.model_name,
              "--block-size", str(settings.block_size),
              "--max-model-len", str(settings.max_model_len), *pool.engine_flags(),
-             "--additional-config", json.dumps({TARGET_KEY: settings.kv_target}), *extra]
+             "--additional-config", json.dumps({TARGET_KEY: settings.kv_target}),
+             "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS), *extra]
     if not compile_model:
         flags.append("--enforce-eager")
     if cpu:  # a --dtype in settings.vllm_args comes later, so argparse lets it win
