@@ -108,7 +108,7 @@ def assemble(artifact: Path | str, base: Path | str, out: Path | str,
              upto: str | None = None) -> Path:
     """Apply the artifact's layers (all, or up to and including ``upto``) to the fetched base
     folder ``base`` and write a servable checkpoint to ``out``."""
-    from peft import set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     from breadcrumbs_vllm.training.trainer import with_lora
 
@@ -137,7 +137,8 @@ def assemble(artifact: Path | str, base: Path | str, out: Path | str,
         except RuntimeError as exc:  # a tensor of another shape: another architecture
             raise ValueError(f"layer {name!r} of {artifact} does not fit the base: "
                              f"{str(exc).splitlines()[-1].strip()}") from None
-        unfilled = [k for k in result.missing_keys if "lora_" in k or "trainable_tokens" in k]
+        # What PEFT itself saves for this model (a tied head shares the embedding's token row).
+        unfilled = sorted(set(get_peft_model_state_dict(model)) - set(state))
         if result.unexpected_keys or unfilled:
             key = (result.unexpected_keys or unfilled)[0]
             raise ValueError(f"layer {name!r} of {artifact} does not fit the base: {key}")

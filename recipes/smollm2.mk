@@ -31,3 +31,32 @@ more-student:  # continue the student run K steps past where it ended
 
 artifact:  # the adapters (teacher + student) over the PyPI base: what models/ holds
 	$(BC) adapter export --run runs/smollm2-student --out models/smollm2-sums-student
+
+# Assemble the artifact (and its teacher layer) and measure them on 64 held-out rows: accuracy
+# per ratio with the held-out KL, every training-free baseline at the student's c=8 peaks, and
+# the fixed-budget sweep (32 rows). Figures: docs/results.md, "SmolLM2-135M-Instruct".
+ART := models/smollm2-sums-student
+S := runs/smollm2-sums-student
+T := runs/smollm2-sums-teacher
+HELD := --data $(SMOL)/held-out.jsonl --verifier exact --seed 1234 --max-tokens 160
+BASELINES := random,streaming,streaming-sinks,tova,h2o,snapkv,rkv
+BUDGETS := 96 128  # the --combine line names each budget's file
+
+assembled:
+	$(BC) adapter assemble $(ART) --out $(S)
+	$(BC) adapter assemble $(ART) --upto smollm2-teacher --out $(T)
+
+eval: assembled data
+	$(BC) eval --model runs/smollm2-bc $(HELD) --n 64 --ratios none --baselines '' \
+		--out docs/results/smollm2-base.json
+	$(BC) eval --model $(T) $(HELD) --n 64 --ratios none --baselines '' \
+		--out $(ART)/teacher-results.json
+	$(BC) eval --model $(S) $(HELD) --n 64 --ratios 2,4,8,16 --baselines '' --kl \
+		--baseline-model $(T) --out $(ART)/results.json
+	$(BC) eval --model $(S) $(HELD) --n 64 --ratios 8 --baselines $(BASELINES) \
+		--baseline-model $(T) --out $(ART)/vs-baselines.json
+	for B in $(BUDGETS); do $(BC) eval --model $(S) $(HELD) --n 32 --ratios 4,8,16 \
+		--baselines $(BASELINES) --baseline-model $(T) --budgets $$B \
+		--out docs/results/smollm2-fixed-budget-B$$B.json || exit 1; done
+	$(BC) eval --combine docs/results/smollm2-fixed-budget-B96.json,docs/results/smollm2-fixed-budget-B128.json \
+		--out docs/results/smollm2-fixed-budget.json
