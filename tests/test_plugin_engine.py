@@ -80,7 +80,10 @@ class EngineProbe:
         self.max_blocks_saved = max(self.max_blocks_saved, saved)
 
     def generate(self, prompts: list[list[int]], ratios: list[int | None],
-                 max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+                 max_tokens: int | None = None) -> list[list[int]]:
+        """``max_tokens`` defaults to the module's ``MAX_TOKENS`` as it is at the call (the GPU
+        check sets it for its own run)."""
+        max_tokens = MAX_TOKENS if max_tokens is None else max_tokens
         params = [SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
                                  extra_args={"compression_ratio": r}) for r in ratios]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
@@ -115,11 +118,13 @@ def _prompts(count: int, seed: int) -> list[list[int]]:
 
 
 def _assert_same(reference: ReferenceEngine, prompts, ratios, got: list[list[int]],
-                 max_tokens: int = MAX_TOKENS) -> list[tuple[int | None, int, float]]:
+                 max_tokens: int | None = None) -> list[tuple[int | None, int, float]]:
     """Token for token; a divergence is allowed only where the reference's top-2 margin < 1e-3.
 
     Returns the allowed divergences as (ratio, token index, the reference's margin there).
+    ``max_tokens`` defaults to ``MAX_TOKENS`` as it is at the call.
     """
+    max_tokens = MAX_TOKENS if max_tokens is None else max_tokens
     results = reference.generate([GenerationRequest(prompt_ids=p, ratio=r, max_tokens=max_tokens,
                                                     ignore_eos=True)
                                   for p, r in zip(prompts, ratios)])

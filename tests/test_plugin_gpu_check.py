@@ -31,7 +31,7 @@ def test_gpu_check_runs_on_cpu_and_passes():
         ("exact-no-preemption", "CPU_ATTN", "eager"),
         ("exact-with-preemption+block-bound", "CPU_ATTN", "eager"),
         ("no-leak-after-aborts", "CPU_ATTN", "eager"),
-        ("throughput-vs-stock", "default", "default")]
+        ("throughput-vs-stock", "CPU_ATTN", "eager")]
     assert set(summary["throughput"]) == {"stock", "plugin c=4", "plugin c=8", "plugin c=16"}
     assert summary["cudagraph_modes"] == {"CPU_ATTN/eager": "NONE"}
 
