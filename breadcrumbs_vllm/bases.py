@@ -61,6 +61,11 @@ def cache_dir() -> Path:
     return Path(root) / "breadcrumbs" / "bases"
 
 
+def default_folder(base: PyPIBase) -> Path:
+    """Where a base goes when no folder is named: beside its download in the cache."""
+    return cache_dir() / base.name / "converted"
+
+
 def fetched(folder: Path | str) -> dict | None:
     """The ``base.json`` record of a converted base folder, or ``None`` if it is not one."""
     path = Path(folder) / BASE_FILE

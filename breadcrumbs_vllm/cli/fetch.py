@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from breadcrumbs_vllm.bases import cache_dir, fetch, get_base
+    from breadcrumbs_vllm.bases import default_folder, fetch, get_base
     from breadcrumbs_vllm.cli.init_model import parse_ratio_list
 
     base = get_base(args.name)
     ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
-    out = fetch(base, args.out or cache_dir() / base.name / "converted", ratios)
+    out = fetch(base, args.out or default_folder(base), ratios)
     print(f"ready: {out}")
     return 0
