@@ -106,3 +106,13 @@ def test_a_run_without_lora_or_base_cannot_be_exported(lineage, tmp_path, capsys
     code = main(["adapter", "export", "--run", str(base.parent / "llama"),
                  "--out", str(tmp_path / "a")])
     assert code == 2 and "neither a training run nor a fetched base" in capsys.readouterr().err
+
+
+def test_a_missing_base_folder_is_refused_in_one_line(lineage, tmp_path, capsys) -> None:
+    root, _, _ = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    code = main(["adapter", "assemble", str(artifact), "--base", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not hold the base" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
