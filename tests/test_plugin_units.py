@@ -144,3 +144,13 @@ def test_stat_logger_is_registered_as_a_vllm_plugin():
     from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
 
     assert load_plugins_by_group(STAT_LOGGER_PLUGINS_GROUP)["breadcrumbs"] is BreadcrumbsStatLogger
+
+
+def test_the_accountants_allocate_slots_spells_out_vllms_parameters():
+    """Spelled out (not ``*args, **kwargs``) because vLLM calls it per request per step."""
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+
+    from breadcrumbs_vllm.vllm_plugin.scheduler import PhysicalBlockAccountant
+
+    assert patches._params(PhysicalBlockAccountant, "allocate_slots") == \
+        patches._params(KVCacheManager, "allocate_slots")

@@ -213,8 +213,8 @@ class BeaconRunner:
     * ``_bookkeeping_sync`` starts right after the forward pass, on the stream it ran on, so the
       beacon moves follow this step's KV writes.
 
-    With no compressed request live, ``_prepare_inputs`` and ``_bookkeeping_sync`` return to
-    vLLM's code after one attribute test; ``_update_states`` looks at the step's new requests.
+    With no compressed request live, each override returns to vLLM's code after one test
+    (``_update_states`` also looks at a step's new requests, to learn of compressed ones).
     """
 
     def __init__(self, vllm_config: Any, device: torch.device) -> None:
@@ -226,7 +226,9 @@ class BeaconRunner:
         self.breadcrumbs = RunnerCompression(self, beacon_model)
 
     def _update_states(self, scheduler_output):
-        self.breadcrumbs.sync_block_tables(scheduler_output)
+        state = self.breadcrumbs
+        if state.compressed or scheduler_output.scheduled_new_reqs:
+            state.sync_block_tables(scheduler_output)
         return super()._update_states(scheduler_output)
 
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
