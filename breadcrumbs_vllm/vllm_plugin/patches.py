@@ -68,6 +68,12 @@ class Patch:
 
 # --- wrappers ----------------------------------------------------------------------------------
 def _wrap_validate_params(original):
+    """Beacon models: an unsupported ``compression_ratio`` fails its one request, in the front end.
+
+    Why a patch: vLLM validates ``SamplingParams`` in ``InputProcessor`` with no per-model or
+    plugin hook, and the first class of the plugin's a request reaches is the scheduler, in the
+    engine core: too late for the front end to answer that request with a 400.
+    """
     def _validate_params(self, params, supported_tasks):
         result = original(self, params, supported_tasks)
         from vllm.sampling_params import SamplingParams
@@ -101,6 +107,11 @@ def _wrap_create_engine_config(original, problems: tuple[str, ...] = ()):
 
     ``problems`` (from :func:`check_surface`) refuses beacon checkpoints; any other model's
     config is vLLM's own.
+
+    Why a patch: vLLM's ``scheduler_cls`` and ``worker_cls`` options choose the classes, but
+    nothing lets a plugin set them per model, and the runner generation
+    (``VLLM_USE_V2_MODEL_RUNNER``) and ``async_scheduling`` must be set before the config is
+    built, which calls no plugin.
 
     Why V1: Model Runner V2 (the GPU default when Triton is present) keeps request state on the
     device (no CPU block-id row, inputs fed from ``last_sampled_tokens``), so the three worker
@@ -140,9 +151,12 @@ def _wrap_llm_engine_init(original):
 
     ``AsyncLLM`` (vLLM's server) loads ``vllm.stat_logger_plugins``; the offline ``LLMEngine``
     does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` (with
-    or without compression), and vLLM's own loggers, meeting that dict with no KV connector configured, fail; the
-    plugin's logger takes its payload out first. So for beacon models the offline engine gets
+    or without compression), and vLLM's own loggers, meeting that dict with no KV connector
+    configured, fail; the plugin's logger takes its payload out first. So for beacon models the offline engine gets
     the logger ``AsyncLLM`` would have loaded. (``vllm.LLM`` passes ``stat_loggers`` by keyword.)
+
+    Why a patch: ``LLMEngine`` takes stat loggers only from its caller (``vllm.LLM`` passes
+    none), and loads no ``vllm.stat_logger_plugins``.
     """
     def __init__(self, vllm_config, *args, **kwargs):
         from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
