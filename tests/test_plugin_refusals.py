@@ -3,11 +3,13 @@ surface check leaves working.
 
 Config-time refusals need no engine: ``EngineArgs.create_engine_config`` (which the plugin's
 patch wraps) raises them. The surface check runs in a subprocess with a faked vLLM version, so
-this process keeps its patches.
+this process keeps its patches; there a stock model's config is vLLM's own and its engine
+generates, while a beacon model is refused.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -83,17 +85,27 @@ try:
     EngineArgs(model={beacon!r}, dtype="float32", block_size=32).create_engine_config()
 except RuntimeError as exc:
     print("beacon refused:", exc)
+
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+
+llm = LLM(model={stock!r}, dtype="float32", block_size=32, max_model_len=256, enforce_eager=True)
+out = llm.generate([TokensPrompt(prompt_token_ids=[10, 20, 30])],
+                   SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+print("stock generated", len(out[0].outputs[0].token_ids))
 """
 
 
 def test_a_failed_surface_check_refuses_beacon_models_only(tiny_checkpoint, stock_checkpoint):
     script = textwrap.dedent(SURFACE_FAILS).format(stock=str(stock_checkpoint),
                                                     beacon=str(tiny_checkpoint))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "stock None vllm.v1.worker.cpu_worker.CPUWorker" in lines, done.stdout
     assert "validate patched False" in lines  # nothing of the plugin on a stock model's path
     refused = [line for line in lines if line.startswith("beacon refused:")]
     assert refused and "vllm 0.0.1 installed, plugin pinned to 0.32.0" in refused[0], done.stdout
+    assert "stock generated 4" in lines, done.stdout  # and a stock engine serves
