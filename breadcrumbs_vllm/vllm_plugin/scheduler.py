@@ -2,8 +2,8 @@
 
 ``BreadcrumbsScheduler`` is selected through ``SchedulerConfig.scheduler_cls`` for beacon models
 only, and builds its KV-cache manager as a :class:`PhysicalBlockAccountant`; both keep their
-class for the engine's life. Their overrides return to vLLM's code after one dict lookup for an
-uncompressed request. For a compressed one they keep ``Request.num_computed_tokens`` and the
+class for the engine's life. Their overrides return to vLLM's code after a test or a dict lookup
+for an uncompressed request. For a compressed one they keep ``Request.num_computed_tokens`` and the
 token list *logical* (beacons included,
 so positions and preemption replay come for free) and sizes KV blocks by the *physical* length
 ``[prompt | beacons | current window]``, returning tail blocks to the ``BlockPool`` as soon as a
@@ -131,7 +131,7 @@ class BreadcrumbsScheduler(Scheduler):
 
     :meth:`add_request` also resolves ``"auto"``, and :meth:`make_stats` ships the plugin's
     figures. Invariant: ``compressed``'s keys are a subset of ``reported``'s, and both hold only
-    unfinished requests; an uncompressed request passes each override with one dict lookup, and
+    unfinished requests; an uncompressed request passes each override after a test, and
     a step with neither dict holding anything ships the projection alone, every
     :data:`PROJECTION_EVERY` steps. The overrides vLLM calls for every running request at every
     step test ``compressed`` first and call the base class by name (no ``super()`` object).
