@@ -125,16 +125,19 @@ class StockParts:
         from vllm.v1.core.kv_cache_manager import KVCacheManager
         from vllm.v1.core.sched.scheduler import Scheduler
 
+        from breadcrumbs_vllm.vllm_plugin.worker import BeaconRunner
+
         core = llm.llm_engine.engine_core.engine_core
         scheduler = core.scheduler
         runner = core.model_executor.driver_worker.worker.model_runner
-        stock_worker = {n: getattr(getattr(type(runner), n), "__wrapped__", None)
-                        for n in self.WORKER}
+        mro = type(runner).__mro__
+        stock_runner = mro[mro.index(BeaconRunner) + 1]  # vLLM's runner under the overrides
+        stock_worker = {n: getattr(stock_runner, n) for n in self.WORKER}
         self.targets = {
             "scheduler overrides": (scheduler, {n: getattr(Scheduler, n) for n in self.SCHEDULER}),
             "block accountant": (scheduler.kv_cache_manager,
                                  {"allocate_slots": KVCacheManager.allocate_slots}),
-            "worker hooks": (runner, {n: f for n, f in stock_worker.items() if f is not None}),
+            "worker hooks": (runner, stock_worker),
             "metrics": (scheduler, {"make_stats": Scheduler.make_stats}),
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,21 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     """The same tiny model saved in the HF checkpoint format, as a folder path."""
     model, tokenizer, bc = tiny_model
     return save_checkpoint(model, tokenizer, bc, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def stock_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """The tiny checkpoint as stock vLLM sees a model: its files, a config without the
+    ``breadcrumbs`` block."""
+    out = tmp_path_factory.mktemp("stock") / "tiny"
+    out.mkdir()
+    for item in Path(tiny_checkpoint).iterdir():
+        if item.name != "config.json":
+            (out / item.name).symlink_to(item.resolve())
+    config = json.loads((Path(tiny_checkpoint) / "config.json").read_text())
+    del config["breadcrumbs"]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
 
 
 @pytest.fixture(scope="session")

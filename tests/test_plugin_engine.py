@@ -2,7 +2,9 @@
 
 One engine per block size (32 and 64, compiled as vLLM's default; 32 also eager, as the gateway
 runs on CPU) with a KV pool small enough that the second batch must preempt; the first batch fits.
-Every scheduler step is checked against the rule-5 block bound.
+Every scheduler step is checked against the rule-5 block bound, and counts what the exactness runs
+exercise: prefix-cache hits (prompts share a 40-token prefix, so at block size 32) and prompts
+split into chunks (a 64-token budget per step, ``max_num_batched_tokens``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import pytest
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-vllm = pytest.importorskip("vllm")
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
@@ -29,6 +30,10 @@ MAX_TOKENS = 1000
 RATIOS = [2, 4, 8, 16, None]
 #: Pool size (blocks) per block size: the 5-request batch fits, the 10-request batch preempts.
 POOL = {32: 90, 64: 48}
+#: Tokens per engine step: prompts longer than this are prefilled in chunks.
+STEP_BUDGET = 64
+#: The prefix every third prompt shares (``_prompts``): a hit needs a whole cached block of it.
+SHARED_PREFIX = 40
 
 
 class EngineProbe:
@@ -39,13 +44,17 @@ class EngineProbe:
         self.block_size = block_size
         defaults = {"model": str(path), "dtype": "float32", "block_size": block_size,
                     "num_gpu_blocks_override": POOL[block_size], "max_model_len": 2048,
-                    "enable_prefix_caching": True, "seed": 0, "enforce_eager": eager}
+                    "enable_prefix_caching": True, "seed": 0, "enforce_eager": eager,
+                    "max_num_batched_tokens": STEP_BUDGET}
         self.llm = LLM(**{**defaults, **overrides})
         self.scheduler = self.llm.llm_engine.engine_core.engine_core.scheduler
         self.pool = self.scheduler.kv_cache_manager.block_pool
         self.preemptions = 0
         self.violations: list[str] = []
         self.max_blocks_saved = 0.0
+        #: Requests admitted with a prefix-cache hit, and prompt chunks that end inside a prompt.
+        self.prefix_hits = 0
+        self.prompt_chunks = 0
         self._instrument()
 
     def _instrument(self) -> None:
@@ -55,6 +64,7 @@ class EngineProbe:
         def checked_schedule(*args, **kwargs):
             out = schedule(*args, **kwargs)
             probe.check_bound()
+            probe.count_exercised(out)
             return out
 
         def counted_preempt(*args, **kwargs):
@@ -78,6 +88,23 @@ class EngineProbe:
                 self.violations.append(f"{request.request_id}: {held} blocks > {bound}")
         saved = sum(u - h for h, u in self.scheduler._holdings().values())
         self.max_blocks_saved = max(self.max_blocks_saved, saved)
+
+    def count_exercised(self, scheduler_output) -> None:
+        """Count this step's prefix-cache hits and prompt chunks (vLLM advanced
+        ``num_computed_tokens`` by the scheduled tokens already)."""
+        self.prefix_hits += sum(new.num_computed_tokens > 0
+                                for new in scheduler_output.scheduled_new_reqs)
+        requests = self.scheduler.requests
+        self.prompt_chunks += sum(
+            requests[req_id].num_computed_tokens < requests[req_id].num_prompt_tokens
+            for req_id in scheduler_output.num_scheduled_tokens)
+
+    def assert_exercised(self, hits_before: int, chunks_before: int) -> None:
+        """Prompts were prefilled in chunks, and, where a block fits in the shared prefix, some
+        requests were admitted with a prefix-cache hit."""
+        assert self.prompt_chunks > chunks_before
+        if self.block_size <= SHARED_PREFIX:
+            assert self.prefix_hits > hits_before
 
     def generate(self, prompts: list[list[int]], ratios: list[int | None],
                  max_tokens: int | None = None) -> list[list[int]]:
@@ -108,7 +135,7 @@ def engine(request, tiny_checkpoint):
 
 def _prompts(count: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
-    shared = [rng.randrange(6, 100) for _ in range(40)]  # a shared prefix for prefix caching
+    shared = [rng.randrange(6, 100) for _ in range(SHARED_PREFIX)]  # for prefix caching
     out = []
     for i in range(count):
         length = rng.choice([3, 17, 33, 50, 71])
@@ -141,29 +168,39 @@ def _assert_same(reference: ReferenceEngine, prompts, ratios, got: list[list[int
 
 def test_mixed_batch_without_preemption(engine, reference):
     prompts, ratios = _prompts(5, seed=1), RATIOS
-    before = engine.preemptions
+    before = engine.preemptions, engine.prefix_hits, engine.prompt_chunks
     got = engine.generate(prompts, ratios)
-    assert engine.preemptions == before, "this batch is meant to fit the pool"
+    assert engine.preemptions == before[0], "this batch is meant to fit the pool"
     _assert_same(reference, prompts, ratios, got)
     assert not engine.violations
+    engine.assert_exercised(*before[1:])
 
 
 def test_mixed_batch_with_preemption(engine, reference):
     prompts, ratios = _prompts(10, seed=2), RATIOS * 2
-    before = engine.preemptions
+    before = engine.preemptions, engine.prefix_hits, engine.prompt_chunks
     got = engine.generate(prompts, ratios)
-    assert engine.preemptions > before, "the pool is meant to force preemption"
+    assert engine.preemptions > before[0], "the pool is meant to force preemption"
     _assert_same(reference, prompts, ratios, got)
     assert not engine.violations
+    engine.assert_exercised(*before[1:])
 
 
 def test_scheduler_counts_compression(engine):
-    """The engine-side counts behind the ``breadcrumbs_*`` metrics (exported by the gateway test)."""
+    """The engine-side counts behind the ``breadcrumbs_*`` metrics (exported by the gateway
+    test), from a batch of its own (the test passes alone, in any order)."""
     totals = engine.scheduler.compression_stats.totals
-    beacons, evicted, freed = totals["beacons"][2], totals["evicted"][8], totals["freed"][2]
-    assert beacons >= MAX_TOKENS // 2 - 1
-    assert evicted and evicted % 8 == 0
-    assert freed and freed > 0
+    before = {name: dict(counts) for name, counts in totals.items()}
+    engine.max_blocks_saved = 0.0
+    max_tokens = 200
+    engine.generate(_prompts(2, seed=5), [2, 8], max_tokens=max_tokens)
+
+    def added(name: str, ratio: int) -> int:
+        return totals[name][ratio] - before[name].get(ratio, 0)
+
+    assert added("beacons", 2) >= max_tokens // 2 - 1
+    assert added("evicted", 8) > 0 and added("evicted", 8) % 8 == 0
+    assert added("freed", 2) > 0
     assert engine.max_blocks_saved > 0
 
 

@@ -20,8 +20,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("vllm")
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends import cpu_attn, flash_attn, flex_attention, triton_attn
 from vllm.v1.kv_cache_interface import (

@@ -174,7 +174,9 @@ def test_layer_refuses_bad_ratios_and_caps_before_the_engine(checkpoint):
         for extra, param in (({"compression_ratio": 3}, "compression_ratio"),
                              ({"vllm_xargs": {"compression_ratio": "7"}}, "compression_ratio"),
                              ({"n": 3}, "n"), ({"max_completion_tokens": 101},
-                                                "max_completion_tokens")):
+                                                "max_completion_tokens"),
+                             ({"compression_ratio": 8, "use_beam_search": True},
+                              "use_beam_search")):
             resp = client.post("/v1/chat/completions", json={**chat, **extra}, headers=auth)
             assert resp.status_code == 400, resp.text
             assert resp.json()["error"]["param"] == param

@@ -259,18 +259,11 @@ class KVCompactor:
             for cache in caches:
                 footprint.copy(cache, src, dst)
 
-    @classmethod
-    def of(cls, runner: Any) -> KVCompactor:
-        """The compactor :func:`attach` built for this runner at engine start."""
-        return runner.__dict__["_breadcrumbs_kv"]
 
-
-def attach(runner: Any) -> KVCompactor:
-    """Build the runner's compactor after its KV cache is allocated, or refuse the engine."""
-    compactor = KVCompactor(runner_attention_caches(runner),
-                            runner.input_batch.block_table[0].block_size)
-    runner.__dict__["_breadcrumbs_kv"] = compactor
-    return compactor
+def build_compactor(runner: Any) -> KVCompactor:
+    """The runner's compactor, built after its KV cache is allocated, or refuse the engine."""
+    return KVCompactor(runner_attention_caches(runner),
+                       runner.input_batch.block_table[0].block_size)
 
 
 def runner_attention_caches(runner: Any) -> list[AttentionCaches]:

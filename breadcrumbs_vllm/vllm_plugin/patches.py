@@ -1,9 +1,22 @@
-"""The plugin's small, named patches of vLLM internals, checked against the pinned vLLM 0.32.0.
+"""The plugin's three patches of vLLM, and the engine-start choice of its classes.
 
-vLLM offers no hook for per-request KV eviction (see docs/plugin.md), so seven methods are wrapped.
-Each wrapper calls the original and engages only for beacon models. Every patch records the
-signature it was written against; :func:`check_surface` refuses to patch a different one, and
-``tests/test_plugin_units.py`` fails if an upgrade changes any of them.
+What a beacon model needs is chosen when its engine config is built (:func:`configure_beacon_engine`):
+vLLM's ``scheduler_cls`` and ``worker_cls`` options name the plugin's scheduler (which builds
+its own KV-cache manager) and worker (which builds its own model runner), so those classes run
+from the engine's start to its end, and any other model runs vLLM's own. Three places have no
+such option, so their methods are wrapped; each wrapper calls the original and engages only for
+beacon models:
+
+* ``EngineArgs.create_engine_config``: vLLM has no plugin hook on config creation, and the model
+  runner generation and async scheduling must be chosen *before* the config is built;
+* ``InputProcessor._validate_params``: vLLM validates ``SamplingParams`` in the front end with no
+  per-model hook, and a bad ratio must fail its one request there (HTTP 400), not the engine;
+* ``LLMEngine.__init__``: the offline engine loads no stat-logger plugins.
+
+Every patch and every overridden method records the signature it was written against;
+:func:`check_surface` compares them with the installed vLLM, and ``tests/test_plugin_units.py``
+fails if an upgrade changes any of them. When the surface differs, only beacon models are refused
+(at config creation); every other model runs on vLLM untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +36,15 @@ logger = logging.getLogger("breadcrumbs_vllm.vllm_plugin")
 
 PINNED_VLLM = "0.32.0"
 SCHEDULER_CLS = "breadcrumbs_vllm.vllm_plugin.scheduler.BreadcrumbsScheduler"
+#: The patch that chooses a beacon engine's classes, or refuses beacon models.
+CONFIG_PATCH = "engine-config-beacon-classes"
+#: vLLM's own V1 workers (what the platform's ``worker_cls="auto"`` resolves to), and the
+#: plugin's subclass of each (``worker.py``, ``cpu_worker.py``).
+WORKER_CLS = {
+    "vllm.v1.worker.gpu_worker.Worker": "breadcrumbs_vllm.vllm_plugin.worker.BreadcrumbsGPUWorker",
+    "vllm.v1.worker.cpu_worker.CPUWorker":
+        "breadcrumbs_vllm.vllm_plugin.cpu_worker.BreadcrumbsCPUWorker",
+}
 
 
 @dataclass(frozen=True)
@@ -45,80 +67,13 @@ class Patch:
 
 
 # --- wrappers ----------------------------------------------------------------------------------
-def _wrap_update_states(original):
-    def _update_states(self, scheduler_output):
-        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
-
-        state = RunnerCompression.of(self)
-        if state is not None:
-            state.sync_block_tables(scheduler_output)
-        return original(self, scheduler_output)
-    return _update_states
-
-
-def _wrap_prepare_inputs(original):
-    """Physical slots and lengths, written where every consumer (and every CUDA graph) reads.
-
-    Invariants relied on (V1 ``GPUModelRunner.execute_model`` of vLLM 0.32.0):
-
-    * the rewrite runs after the whole stock ``_prepare_inputs`` and before its consumers:
-      ``_determine_batch_execution_and_padding`` (cudagraph dispatch), ``_get_slot_mappings``
-      (returns ``block_table.slot_mapping.gpu``) and ``_build_attention_metadata`` (reads
-      ``seq_lens``, ``optimistic_seq_lens_cpu`` for ``max_seq_len`` and
-      ``seq_lens_cpu_upper_bound``, the block table and ``query_start_loc``), whose backend
-      builders fill their own persistent buffers (FA's scheduler metadata, FlashInfer's plans)
-      from those values;
-    * every buffer written is the runner's persistent one, written in place, so a FULL graph
-      (captured on those addresses by ``_dummy_run``, which runs no hook) replays on physical
-      values, and PIECEWISE runs attention eagerly from the same metadata; ``positions`` (RoPE,
-      inside the captured pieces) stay logical;
-    * the number of scheduled tokens per request is unchanged, so ``query_start_loc``, padding
-      and the uniform-decode test behind FULL dispatch are the stock ones.
-    """
-    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
-        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
-
-        state = RunnerCompression.of(self)
-        if state is not None:
-            state.layout_tokens()
-        result = original(self, scheduler_output, num_scheduled_tokens)
-        if state is not None:
-            state.physical_attention(num_scheduled_tokens)
-        return result
-    return _prepare_inputs
-
-
-def _wrap_bookkeeping_sync(original):
-    def _bookkeeping_sync(self, scheduler_output, *args, **kwargs):
-        from breadcrumbs_vllm.vllm_plugin.kv_layout import KVCompactor
-        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
-
-        state = RunnerCompression.of(self)
-        if state is not None:
-            state.compact(scheduler_output)  # stages this step's beacon moves ...
-            KVCompactor.of(self).flush()  # ... and moves them, one copy per layer
-        return original(self, scheduler_output, *args, **kwargs)
-    return _bookkeeping_sync
-
-
-def _wrap_initialize_kv_cache(original):
-    def initialize_kv_cache(self, kv_cache_config, is_profiling=False, *args, **kwargs):
-        """Derive the KV compaction of the allocated cache, or refuse the engine here.
-
-        Runs after every allocation (a re-initialisation rebuilds it on the new tensors) but not
-        for profiling runs, whose caches are thrown away.
-        """
-        result = original(self, kv_cache_config, is_profiling, *args, **kwargs)
-        from breadcrumbs_vllm.vllm_plugin import kv_layout
-        from breadcrumbs_vllm.vllm_plugin.worker import RunnerCompression
-
-        if not is_profiling and RunnerCompression.of(self) is not None:
-            kv_layout.attach(self)
-        return result
-    return initialize_kv_cache
-
-
 def _wrap_validate_params(original):
+    """Beacon models: an unsupported ``compression_ratio`` fails its one request, in the front end.
+
+    Why a patch: vLLM validates ``SamplingParams`` in ``InputProcessor`` with no per-model or
+    plugin hook, and the first class of the plugin's a request reaches is the scheduler, in the
+    engine core: too late for the front end to answer that request with a 400.
+    """
     def _validate_params(self, params, supported_tasks):
         result = original(self, params, supported_tasks)
         from vllm.sampling_params import SamplingParams
@@ -147,8 +102,16 @@ class UnsupportedRatioError(VLLMValidationError, ValueError):
         super().__init__(message, parameter="compression_ratio")
 
 
-def _wrap_create_engine_config(original):
+def _wrap_create_engine_config(original, problems: tuple[str, ...] = ()):
     """Beacon checkpoints: V1 model runner and synchronous scheduling, chosen *before* the config.
+
+    ``problems`` (from :func:`check_surface`) refuses beacon checkpoints; any other model's
+    config is vLLM's own.
+
+    Why a patch: vLLM's ``scheduler_cls`` and ``worker_cls`` options choose the classes, but
+    nothing lets a plugin set them per model, and the runner generation
+    (``VLLM_USE_V2_MODEL_RUNNER``) and ``async_scheduling`` must be set before the config is
+    built, which calls no plugin.
 
     Why V1: Model Runner V2 (the GPU default when Triton is present) keeps request state on the
     device (no CPU block-id row, inputs fed from ``last_sampled_tokens``), so the three worker
@@ -165,6 +128,9 @@ def _wrap_create_engine_config(original):
     """
     def create_engine_config(self, *args, **kwargs):
         if _is_beacon_checkpoint(self.model):
+            if problems:
+                raise RuntimeError("breadcrumbs: beacon models need the vLLM surface the plugin "
+                                   "was written for: " + "; ".join(problems))
             if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") != "0":
                 logger.info("breadcrumbs: beacon model %s: selecting vLLM's V1 model runner "
                             "(VLLM_USE_V2_MODEL_RUNNER=0); the plugin's worker hooks are V1 "
@@ -185,9 +151,12 @@ def _wrap_llm_engine_init(original):
 
     ``AsyncLLM`` (vLLM's server) loads ``vllm.stat_logger_plugins``; the offline ``LLMEngine``
     does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` (with
-    or without compression), and vLLM's own loggers, meeting that dict with no KV connector configured, fail; the
-    plugin's logger takes its payload out first. So for beacon models the offline engine gets
+    or without compression), and vLLM's own loggers, meeting that dict with no KV connector
+    configured, fail; the plugin's logger takes its payload out first. So for beacon models the offline engine gets
     the logger ``AsyncLLM`` would have loaded. (``vllm.LLM`` passes ``stat_loggers`` by keyword.)
+
+    Why a patch: ``LLMEngine`` takes stat loggers only from its caller (``vllm.LLM`` passes
+    none), and loads no ``vllm.stat_logger_plugins``.
     """
     def __init__(self, vllm_config, *args, **kwargs):
         from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
@@ -212,7 +181,8 @@ def _is_beacon_checkpoint(model: str) -> bool:
 
 
 def configure_beacon_engine(vllm_config: Any) -> None:
-    """Select the Breadcrumbs scheduler for beacon models; refuse what the plugin cannot serve."""
+    """Select the Breadcrumbs scheduler and worker for beacon models; refuse what the plugin
+    cannot serve, each with one line. Models without beacons keep vLLM's config untouched."""
     from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
     if BeaconModel.from_model_config(vllm_config.model_config) is None:
@@ -232,35 +202,31 @@ def configure_beacon_engine(vllm_config: Any) -> None:
     if scheduler.scheduler_cls not in (None, SCHEDULER_CLS):
         raise ValueError(f"breadcrumbs: beacon models need scheduler_cls={SCHEDULER_CLS}, "
                          f"got {scheduler.scheduler_cls}")
+    worker = WORKER_CLS.get(parallel.worker_cls, parallel.worker_cls)
+    if worker not in WORKER_CLS.values():
+        raise ValueError(f"breadcrumbs: beacon models run the plugin's subclass of vLLM's V1 "
+                         f"worker; worker_cls={parallel.worker_cls} is not one it knows")
     scheduler.scheduler_cls = SCHEDULER_CLS
-    vllm_config.scheduler_config.async_scheduling = False
+    scheduler.async_scheduling = False
+    parallel.worker_cls = worker
 
 
 def _params(owner: type, method: str) -> tuple[str, ...]:
     return tuple(inspect.signature(getattr(owner, method)).parameters)
 
 
-def all_patches() -> list[Patch]:
+def all_patches(problems: tuple[str, ...] = ()) -> list[Patch]:
+    """The patches; ``problems`` makes the engine-config patch refuse beacon models."""
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.engine.llm_engine import LLMEngine
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     return [
-        Patch("runner-block-table-sync", GPUModelRunner, "_update_states",
-              ("self", "scheduler_output"), _wrap_update_states),
-        Patch("runner-physical-slots", GPUModelRunner, "_prepare_inputs",
-              ("self", "scheduler_output", "num_scheduled_tokens"), _wrap_prepare_inputs),
-        Patch("runner-kv-layout", GPUModelRunner, "initialize_kv_cache",
-              ("self", "kv_cache_config", "is_profiling", "kv_cache_allocation_context"),
-              _wrap_initialize_kv_cache),
-        Patch("runner-beacon-compaction", GPUModelRunner, "_bookkeeping_sync",
-              ("self", "scheduler_output", "sampler_output", "logits", "hidden_states",
-               "num_scheduled_tokens"), _wrap_bookkeeping_sync),
         Patch("frontend-ratio-validation", InputProcessor, "_validate_params",
               ("self", "params", "supported_tasks"), _wrap_validate_params),
-        Patch("engine-config-beacon-scheduler", EngineArgs, "create_engine_config",
-              ("self", "usage_context", "headless"), _wrap_create_engine_config),
+        Patch(CONFIG_PATCH, EngineArgs, "create_engine_config",
+              ("self", "usage_context", "headless"),
+              functools.partial(_wrap_create_engine_config, problems=problems)),
         Patch("offline-engine-stat-logger", LLMEngine, "__init__",
               ("self", "vllm_config", "executor_class", "log_stats", "aggregate_engine_logging",
                "usage_context", "stat_loggers", "mm_registry", "multiprocess_mode"),
@@ -269,14 +235,33 @@ def all_patches() -> list[Patch]:
 
 
 def overridden_surface() -> list[tuple[type, str, tuple[str, ...]]]:
-    """Private methods the scheduler subclasses override, and those whose reads the worker hooks
-    rely on (not patched, but just as fragile)."""
+    """Methods the plugin's subclasses override (scheduler, KV-cache manager, workers, model
+    runner), and those whose reads the runner overrides rely on: not patched, but just as
+    fragile."""
+    from vllm.platforms import current_platform
     from vllm.plugins.endpoint_plugins.interface import EndpointPlugin
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.gpu_worker import Worker
 
-    return [
+    if current_platform.is_cpu():  # a GPU build need not import the CPU worker's module
+        from vllm.v1.worker.cpu_worker import CPUWorker
+
+        cpu_worker = [(CPUWorker, "init_device", ("self",))]
+    else:
+        cpu_worker = []
+    return [*cpu_worker,
+        (GPUModelRunner, "__init__", ("self", "vllm_config", "device")),
+        (GPUModelRunner, "_update_states", ("self", "scheduler_output")),
+        (GPUModelRunner, "_prepare_inputs",
+         ("self", "scheduler_output", "num_scheduled_tokens")),
+        (GPUModelRunner, "initialize_kv_cache",
+         ("self", "kv_cache_config", "is_profiling", "kv_cache_allocation_context")),
+        (GPUModelRunner, "_bookkeeping_sync",
+         ("self", "scheduler_output", "sampler_output", "logits", "hidden_states",
+          "num_scheduled_tokens")),
+        (Worker, "_make_model_runner", ("self",)),
         # ``load.LoadEndpoint`` implements vLLM's endpoint-plugin protocol (GET /get_load).
         (EndpointPlugin, "attach_router", ("self", "app")),
         (EndpointPlugin, "init_state", ("self", "engine_client", "state", "args")),
@@ -308,16 +293,22 @@ def check_surface() -> list[str]:
         problems.append(f"vllm {vllm.__version__} installed, plugin pinned to {PINNED_VLLM}")
     expected = [(p.owner, p.method, p.params) for p in all_patches()] + overridden_surface()
     for owner, method, params in expected:
-        current = _params(owner, method)
+        try:
+            current = _params(owner, method)
+        except AttributeError:
+            current = None
         if current != params:
             problems.append(f"{owner.__name__}.{method}{current} != {params}")
     return problems
 
 
 def install() -> None:
-    """Check the surface, then apply every patch (idempotent)."""
-    problems = check_surface()
+    """Apply every patch (idempotent), or, when :func:`check_surface` finds differences, only
+    the engine-config patch, which then refuses beacon models with them."""
+    problems = tuple(check_surface())
     if problems:
-        raise RuntimeError("breadcrumbs plugin: unsupported vLLM surface: " + "; ".join(problems))
-    for patch in all_patches():
-        patch.apply()
+        logger.warning("breadcrumbs: unsupported vLLM surface, beacon models will be refused: %s",
+                       "; ".join(problems))
+    for patch in all_patches(problems):
+        if not problems or patch.name == CONFIG_PATCH:
+            patch.apply()

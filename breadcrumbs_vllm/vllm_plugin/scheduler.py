@@ -1,7 +1,10 @@
 """Scheduler side: beacon insertion into the token sequence and block accounting by physical length.
 
 ``BreadcrumbsScheduler`` is selected through ``SchedulerConfig.scheduler_cls`` for beacon models
-only, and runs vLLM's own code until a compressed request arrives. While one is live it keeps ``Request.num_computed_tokens`` and the token list *logical* (beacons included,
+only, and builds its KV-cache manager as a :class:`PhysicalBlockAccountant`; both keep their
+class for the engine's life. Their overrides return to vLLM's code after a test or a dict lookup
+for an uncompressed request. For a compressed one they keep ``Request.num_computed_tokens`` and the
+token list *logical* (beacons included,
 so positions and preemption replay come for free) and sizes KV blocks by the *physical* length
 ``[prompt | beacons | current window]``, returning tail blocks to the ``BlockPool`` as soon as a
 window is evicted.
@@ -33,8 +36,7 @@ class PhysicalBlockAccountant(KVCacheManager):
     """``KVCacheManager`` that holds compressed requests to ``ceil(physical_len / block_size)``.
 
     vLLM's ``Scheduler`` builds its ``KVCacheManager`` itself (no factory), so the scheduler
-    calls :meth:`attach` on its instance and re-classes it into this subclass while compressed
-    requests are live (and back to its own class after). Uncompressed requests and
+    replaces it with :meth:`adopt`, once, at the end of its own ``__init__``. Uncompressed requests and
     prompt chunks (where physical == logical) take the stock path; every later chunk of a
     compressed request allocates or frees exactly the blocks its physical end needs, never caches
     (decode blocks are overwritten in place, so their logical hashes would lie) and frees tail
@@ -44,11 +46,26 @@ class PhysicalBlockAccountant(KVCacheManager):
     compressed: dict[str, RequestCompression]
     stats: CompressionStats
 
-    def attach(self, compressed: dict[str, RequestCompression], stats: CompressionStats) -> None:
-        """Give a manager (of any class: called before it is re-classed) the shared state."""
-        assert self.num_kv_cache_groups == 1, "beacon models have one full-attention KV group"
-        self.compressed = compressed
-        self.stats = stats
+    @classmethod
+    def adopt(cls, manager: KVCacheManager, compressed: dict[str, RequestCompression],
+              stats: CompressionStats) -> PhysicalBlockAccountant:
+        """An accountant over ``manager``'s state (its block pool, coordinator and counters,
+        shared, not copied), given the scheduler's compressed requests and counts.
+
+        ``manager`` must not be used afterwards: the scheduler (and a KV connector, if any)
+        holds the accountant in its place. Raises ``ValueError`` for layouts with several KV
+        groups (encoder-decoder, hybrid, sliding-window models), whose blocks it cannot count.
+        """
+        if manager.num_kv_cache_groups != 1:
+            raise ValueError(
+                f"breadcrumbs: beacon models need one full-attention KV-cache group, this "
+                f"engine has {manager.num_kv_cache_groups} (hybrid, sliding-window or "
+                f"encoder-decoder layout)")
+        accountant = cls.__new__(cls)
+        vars(accountant).update(vars(manager))
+        accountant.compressed = compressed
+        accountant.stats = stats
+        return accountant
 
     @property
     def _req_to_blocks(self) -> dict:
@@ -58,12 +75,26 @@ class PhysicalBlockAccountant(KVCacheManager):
     def kv_block_size(self) -> int:
         return self.coordinator.single_type_managers[0].block_size
 
-    def allocate_slots(self, request: Request, num_new_tokens: int, *args, **kwargs):
-        comp = self.compressed.get(request.request_id)
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       num_new_computed_tokens: int = 0,
+                       new_computed_blocks: KVCacheBlocks | None = None,
+                       num_lookahead_tokens: int = 0, num_external_computed_tokens: int = 0,
+                       delay_cache_blocks: bool = False, num_encoder_tokens: int = 0,
+                       full_sequence_must_fit: bool = False, reserved_blocks: int = 0,
+                       has_scheduled_reqs: bool = True,
+                       skip_zeroing_group_ids: tuple[int, ...] = ()) -> KVCacheBlocks | None:
+        # vLLM calls this for every scheduled request at every step, so the stock path costs a
+        # test and a plain call: parameters spelled out (``check_surface`` pins them), where
+        # ``*args, **kwargs`` and ``super()`` cost about four times the call itself.
+        comp = self.compressed.get(request.request_id) if self.compressed else None
+        if comp is None or request.num_computed_tokens < comp.prompt_len:
+            return KVCacheManager.allocate_slots(
+                self, request, num_new_tokens, num_new_computed_tokens, new_computed_blocks,
+                num_lookahead_tokens, num_external_computed_tokens, delay_cache_blocks,
+                num_encoder_tokens, full_sequence_must_fit, reserved_blocks, has_scheduled_reqs,
+                skip_zeroing_group_ids)
+        assert not num_lookahead_tokens, "speculative decoding is not supported"
         start = request.num_computed_tokens
-        if comp is None or start < comp.prompt_len:
-            return super().allocate_slots(request, num_new_tokens, *args, **kwargs)
-        assert not kwargs.get("num_lookahead_tokens"), "speculative decoding is not supported"
         needed = comp.blocks_needed(start, num_new_tokens, self.kv_block_size)
         blocks = self._req_to_blocks[request.request_id]
         if len(blocks) > needed:
@@ -88,21 +119,29 @@ PROJECTION_EVERY = 8
 
 
 class BreadcrumbsScheduler(Scheduler):
-    """vLLM's scheduler for a beacon model: stock until a compressed request arrives.
+    """vLLM's scheduler for a beacon model: the Breadcrumbs rules for compressed requests.
 
-    It overrides :meth:`add_request`, to resolve ``"auto"`` and notice compressed requests, and
-    :meth:`make_stats`, to ship the plugin's figures. The first compressed (or ``"auto"``)
-    request switches the instance to :class:`CompressingScheduler` and its ``KVCacheManager`` to
-    :class:`PhysicalBlockAccountant`; once the last one is freed and its final counts are
-    shipped, both switch back. So a beacon model serving uncompressed requests runs vLLM's own
-    scheduling and block accounting. Invariant relied on: while ``reported`` is not empty, the
-    instance is a :class:`CompressingScheduler` (``compressed``'s keys are a subset of it).
+    1. After a window's last token is sampled, the beacon goes into the request's token list
+       *before* the sampled token ``y`` (rule 2); it is not an output token, so ``max_tokens``,
+       usage and streaming never see it (rule 4).
+    2. Chunks end at the prompt's end and at every beacon (:meth:`RequestCompression.chunk_limit`),
+       so the beacon step's sample is discarded like a partial prefill's and the worker can evict
+       between the beacon and ``y``. Preemption replay is then window by window automatically.
+    3. Prefix-cache hits of compressed requests stop inside the prompt.
+
+    :meth:`add_request` also resolves ``"auto"``, and :meth:`make_stats` ships the plugin's
+    figures. Invariant: ``compressed``'s keys are a subset of ``reported``'s, and both hold only
+    unfinished requests; an uncompressed request passes each override after a test, and
+    a step with neither dict holding anything ships the projection alone, every
+    :data:`PROJECTION_EVERY` steps. The overrides vLLM calls for every running request at every
+    step test ``compressed`` first and call the base class by name (no ``super()`` object).
     """
 
     def __init__(self, vllm_config, *args, **kwargs) -> None:
         super().__init__(vllm_config, *args, **kwargs)
         beacon_model = BeaconModel.from_model_config(vllm_config.model_config)
-        assert beacon_model is not None, "BreadcrumbsScheduler serves beacon models only"
+        if beacon_model is None:
+            raise ValueError("breadcrumbs: BreadcrumbsScheduler serves beacon models only")
         self.beacon_model = beacon_model
         extra = vllm_config.additional_config
         self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET)
@@ -111,10 +150,13 @@ class BreadcrumbsScheduler(Scheduler):
         #: The ratio each compressed or ``"auto"`` request runs at, reported when it finishes.
         self.reported: dict[str, int | None] = {}
         self.compression_stats = CompressionStats()
-        self._unshipped_steps = 0  # stock-path steps since the projection last shipped
-        self._stock_manager_cls = type(self.kv_cache_manager)
-        PhysicalBlockAccountant.attach(self.kv_cache_manager, self.compressed,
-                                       self.compression_stats)
+        self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
+        #: Whether the last holdings shipped may be non-empty (so the next step ships them too).
+        self._holdings_shown = False
+        self.kv_cache_manager = PhysicalBlockAccountant.adopt(
+            self.kv_cache_manager, self.compressed, self.compression_stats)
+        if self.connector is not None:
+            self.connector.bind_kv_cache_manager(self.kv_cache_manager)
 
     def add_request(self, request: Request) -> None:
         params = request.sampling_params
@@ -129,9 +171,6 @@ class BreadcrumbsScheduler(Scheduler):
         if comp is not None:
             self.compressed[request.request_id] = comp
             self.reported[request.request_id] = comp.ratio
-        if self.reported:
-            self.__class__ = CompressingScheduler
-            self.kv_cache_manager.__class__ = PhysicalBlockAccountant
         super().add_request(request)
 
     def kv_projection(self) -> KVProjection:
@@ -170,71 +209,59 @@ class BreadcrumbsScheduler(Scheduler):
     def make_stats(self, *args, **kwargs):
         """vLLM's step stats plus the plugin's figures, for the front end's stat logger.
 
-        Called once per step (at the end of ``update_from_output``) whether or not stats are
-        logged, so it is where the scheduler returns to the stock path: after the step that
-        freed the last compressed request has shipped its counts and empty holdings (which
-        drop the held/saved gauges to 0). The projected usage ships too, compressed or not (a
-        router balances on it): every step while compressing; on the stock path alone, every
-        :data:`PROJECTION_EVERY` steps and on the step the engine empties (so it is exact at
-        rest). With compression off, shipping it every step cost 1.5-2.3% of stock's
-        instructions per step, every 8th step 0.6% (``loadtests/bench_instructions.py``).
+        The projected usage ships compressed or not (a router balances on it): every step while
+        a compressed or ``"auto"`` request is unfinished, with the counts and holdings (the step
+        that frees the last one ships empty holdings, which drop the held/saved gauges to 0);
+        otherwise every :data:`PROJECTION_EVERY` steps and on the step the engine empties (so
+        it is exact at rest). With compression off, shipping it every step cost 1.5-2.3% of
+        stock's instructions per step, every 8th step about 0.5% (``loadtests/bench_instructions.py``).
         """
         stats = super().make_stats(*args, **kwargs)
-        if stats is not None:  # None when the engine runs without stats (``log_stats``)
-            self._unshipped_steps += 1
-            if type(self) is not BreadcrumbsScheduler:
-                holdings = self._holdings() if self.compressed else {}
-                self.compression_stats.attach(stats, holdings, self.kv_projection().usage)
-                self._unshipped_steps = 0
-            elif self._unshipped_steps >= PROJECTION_EVERY or not self.requests:
-                self.compression_stats.attach(stats, None, self.kv_projection().usage)
-                self._unshipped_steps = 0
-        if not self.reported and type(self) is not BreadcrumbsScheduler:
-            self.__class__ = BreadcrumbsScheduler
-            self.kv_cache_manager.__class__ = self._stock_manager_cls
+        if stats is None:  # the engine runs without stats (``log_stats``)
+            return None
+        if self.reported or self._holdings_shown:
+            holdings = self._holdings() if self.compressed else {}
+            self.compression_stats.attach(stats, holdings, self.kv_projection().usage)
+            self._holdings_shown = bool(self.reported)
+            self._unshipped_steps = 0
+            return stats
+        self._unshipped_steps += 1
+        if self._unshipped_steps >= PROJECTION_EVERY or not self.requests:
+            self.compression_stats.attach(stats, None, self.kv_projection().usage)
+            self._unshipped_steps = 0
         return stats
 
-
-class CompressingScheduler(BreadcrumbsScheduler):
-    """The scheduler while compressed requests are live: the three Breadcrumbs rules it enforces.
-
-    1. After a window's last token is sampled, the beacon goes into the request's token list
-       *before* the sampled token ``y`` (rule 2); it is not an output token, so ``max_tokens``,
-       usage and streaming never see it (rule 4).
-    2. Chunks end at the prompt's end and at every beacon (:meth:`RequestCompression.chunk_limit`),
-       so the beacon step's sample is discarded like a partial prefill's and the worker can evict
-       between the beacon and ``y``. Preemption replay is then window by window automatically.
-    3. Prefix-cache hits of compressed requests stop inside the prompt.
-
-    Uncompressed requests pass each override with one dict lookup.
-    """
-
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
-        num_new_tokens = super()._reserve_prefill_lookahead(
-            request, num_computed_tokens, num_new_tokens)
-        comp = self.compressed.get(request.request_id)
+        """vLLM's chunk size, capped at the prompt's end and the next beacon (rule 2)."""
+        num_new_tokens = Scheduler._reserve_prefill_lookahead(
+            self, request, num_computed_tokens, num_new_tokens)
+        comp = self.compressed.get(request.request_id) if self.compressed else None
         if comp is None:
             return num_new_tokens
         return min(num_new_tokens, comp.chunk_limit(num_computed_tokens))
 
     def _get_local_prefix_cache_hit(self, request: Request):
+        """vLLM's hit, cut inside the prompt for a compressed request (rule 3)."""
         blocks, num_hit, boundary, flag = super()._get_local_prefix_cache_hit(request)
         comp = self.compressed.get(request.request_id)
+        if comp is None:
+            return blocks, num_hit, boundary, flag
         block_size = self.kv_cache_manager.kv_block_size
-        max_blocks = (comp.prompt_len - 1) // block_size if comp else None
-        if comp is not None and num_hit > max_blocks * block_size:
+        max_blocks = (comp.prompt_len - 1) // block_size
+        if num_hit > max_blocks * block_size:
             blocks = KVCacheBlocks(tuple(group[:max_blocks] for group in blocks.blocks))
             num_hit = max_blocks * block_size
         return blocks, num_hit, boundary, flag
 
     def _update_request_with_output(self, request, new_token_ids, is_stale=False):
-        comp = self.compressed.get(request.request_id)
+        """vLLM's update, after the beacon went into the token list where it belongs (rule 1)."""
+        comp = self.compressed.get(request.request_id) if self.compressed else None
         if comp is not None and new_token_ids:
             assert len(new_token_ids) == 1, "speculative decoding is not supported"
             if comp.schedule.is_beacon(request.num_tokens):
                 request._all_token_ids.append(comp.beacon_id)
                 self.compression_stats.beacon_inserted(comp.ratio)
-        return super()._update_request_with_output(request, new_token_ids, is_stale)
+        return Scheduler._update_request_with_output(self, request, new_token_ids, is_stale)
 
     def _free_request(self, request: Request, *args, **kwargs):
         """vLLM's free, plus the ratio the request ran at in its ``kv_transfer_params`` (which

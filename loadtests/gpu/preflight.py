@@ -111,8 +111,11 @@ def effective_modes(checkpoint: Path) -> dict[str, str]:
             config = EngineArgs(model=str(checkpoint), block_size=gpu_check.BLOCK_SIZE,
                                 **overrides).create_engine_config()
         scheduler = config.scheduler_config.scheduler_cls
-        if "Breadcrumbs" not in str(scheduler):
-            raise SystemExit(f"preflight: the plugin did not engage (scheduler {scheduler})")
+        worker = config.parallel_config.worker_cls
+        if "Breadcrumbs" not in str(scheduler) or "BreadcrumbsGPUWorker" not in worker:
+            raise SystemExit(f"preflight: the plugin did not engage (scheduler {scheduler}, "
+                             f"worker {worker})")
+        importlib.import_module(worker.rsplit(".", 1)[0])  # the beacon worker's module
         modes[label] = config.compilation_config.cudagraph_mode.name
     return modes
 

@@ -15,6 +15,7 @@ read from there too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager, nullcontext
@@ -106,10 +107,34 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
     if cpu:  # a --dtype in settings.vllm_args comes later, so argparse lets it win
         flags += ["--dtype", "float32"]
     if settings.log_content:
-        flags.append("--enable-log-requests")
+        flags += ["--enable-log-requests", "--enable-log-outputs"]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(flags + settings.vllm_args)
     validate_parsed_serve_args(args)
     return args
+
+
+def log_prompts() -> None:
+    """``--log-content``: log each request's prompt, as well as the parameters and the outputs
+    that ``--enable-log-requests`` and ``--enable-log-outputs`` log at INFO.
+
+    vLLM's ``RequestLogger`` writes a prompt only at DEBUG, below the level of vLLM's one
+    handler; so that logger alone gets its own DEBUG handler, with vLLM's stream and format,
+    instead of turning all of vLLM's debug output on. Call it after ``AsyncLLM`` is built: its
+    ``dictConfig`` resets every child of the ``vllm`` logger. Without ``--log-content`` the
+    logger is left alone, and no prompt text is logged (``tests/test_server_logging.py``).
+    """
+    from vllm.entrypoints.serve.utils import request_logger
+
+    log = request_logger.logger
+    vllm_handlers = logging.getLogger("vllm").handlers  # none with VLLM_CONFIGURE_LOGGING=0
+    if log.level == logging.DEBUG or not vllm_handlers:
+        log.setLevel(logging.DEBUG)  # done already, or the user's logging config decides
+        return
+    handler = logging.StreamHandler(vllm_handlers[0].stream)
+    handler.setFormatter(vllm_handlers[0].formatter)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # its INFO lines would otherwise be written twice
 
 
 #: The request field a prompt came from, per route (an error names it as its ``param``).
@@ -229,6 +254,8 @@ class EmbeddedBackend(EngineBackend):
         with _cpu_cold_start(s.model) if fast_start else nullcontext([]) as fast:
             self.args = vllm_args(s, self.pool, compile_model, fast, cpu)
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(self.args))
+        if s.log_content:
+            log_prompts()  # after AsyncLLM, whose logging config resets vLLM's child loggers
         self.client = CompressingEngineClient(self.engine, self.policy, s.max_prompt_tokens,
                                               seeded_compression=not cpu)
 
