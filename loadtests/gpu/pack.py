@@ -206,8 +206,11 @@ def unpack(dest: Path) -> list[Path]:
     for folder in (tree, site):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+    # The "data" filter (refuse links and paths out of ``tree``) exists from Python 3.11.4 on;
+    # Debian 12's python3 is 3.11.2, where the pack, which this project wrote, extracts as is.
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(archives[-1]) as tar:
-        tar.extractall(tree, filter="data")
+        tar.extractall(tree, **safe)
     install_shim(tree / "vllm")
     for wheel in sorted((PACK / "wheels").glob("*.whl")):
         extract_wheel(wheel, site)
