@@ -28,11 +28,14 @@ def test_prompt_text_reaches_the_logs_only_with_log_content(tiny_checkpoint, tmp
     command = [sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--model",
                str(tiny_checkpoint), "--port", str(port), "--kv-cache-gib", "1"]
     with log.open("w") as out:
-        # Unbuffered: the server is stopped before it exits cleanly, and a buffered log would
-        # lose its last lines (the marker among them), which would pass the default case vacuously.
+        # As a user starts it: without the VLLM_LOGGING_LEVEL=WARNING that an in-process vLLM
+        # rollout engine of an earlier test leaves in this process's environment
+        # (training/rollouts.py), and unbuffered, since the server is stopped before it exits
+        # cleanly and a buffered log would lose its last lines (the marker among them).
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
         proc = subprocess.Popen(command + (["--log-content"] if log_content else []),
                                 stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env=env | {"PYTHONUNBUFFERED": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/ready", proc, log, timeout=300)
