@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import threading
@@ -12,11 +13,23 @@ from pathlib import Path
 
 import httpx
 
+# Ports the kernel hands out for "any free port" (bind to 0, outgoing connections); see
+# /proc/sys/net/ipv4/ip_local_port_range. vLLM picks its internal ports that way, so a test
+# server's port is drawn from below this range, where no engine started meanwhile can take it.
+EPHEMERAL_LOW = 32768
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and outside the kernel's ephemeral range."""
+    while True:
+        port = random.randrange(20000, EPHEMERAL_LOW)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> float:
@@ -52,9 +65,13 @@ def gateway_in_thread(app) -> Iterator[str]:
     background thread; yields its base URL once ``/ready`` answers 200, stops it after."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    # Bound before the app's lifespan starts the engine (uvicorn binds after it), so none of the
+    # ports the engine picks for itself can take the gateway's.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -73,3 +90,4 @@ def gateway_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+        listener.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +91,20 @@ def test_serve_that_cannot_start_says_why_in_one_line(tmp_path):
     ours = [line for line in done.stderr.splitlines() if line.startswith("breadcrumbs serve:")]
     assert len(ours) == 1 and "--kv-cache-gib" in ours[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_serve_on_a_taken_port_says_so_before_starting_the_engine(tmp_path):
+    """The port is checked first: one line naming the flag, exit code 2, no engine started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--port", str(port)],
+            check=False, capture_output=True, text=True, timeout=120,
+            env={**_clean_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("breadcrumbs serve:")]
+    assert len(ours) == 1 and f"127.0.0.1:{port}" in ours[0] and "--port" in ours[0], done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "KV pool: " not in done.stdout, "the engine started before the port was checked"

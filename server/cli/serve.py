@@ -6,7 +6,9 @@ Flags override ``BREADCRUMBS_*`` environment variables (see ``server.settings.Se
 after ``--`` go to vLLM's engine and serving layer as they would to ``vllm serve``.
 
 In embedded mode the engine starts before the port opens, so a server that cannot start says so
-in one line (why, and which flag fixes it) and exits with code 2 instead of half coming up.
+in one line (why, and which flag fixes it) and exits with code 2 instead of half coming up. The
+port is reserved (bound, not yet listening) before the engine starts: a port in use fails at once
+instead of after the engine's start, and no port the engine picks for itself can take it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 from pathlib import Path
 
 # Where the bundled model lives: the first match with a ``breadcrumbs`` block is served.
@@ -66,6 +69,22 @@ def random_model() -> Path:
     return out
 
 
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind ``host:port`` without listening: clients are refused until uvicorn serves on it.
+
+    ``SO_REUSEADDR`` as uvicorn binds, so a port a stopped server left in TIME_WAIT counts as free.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot bind {host}:{port} ({exc.strerror}); pass another --port or "
+                         f"--host") from None
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     from server import Settings, create_app
     from server.engines.embedded import EmbeddedBackend
@@ -82,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(model=Path(model), **overrides)
     app = create_app(settings)
     backend = app.state.backend
+    listener = reserve_port(settings.host, settings.port)
     if isinstance(backend, EmbeddedBackend):
         try:
             backend.start_engine()
@@ -98,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving {settings.model_name} ({settings.model}) at "
           f"http://{settings.host}:{settings.port}/v1  compression ratios: "
           f"{', '.join(map(str, ratios))}, none, auto", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     return 0
