@@ -6,11 +6,16 @@ from that engine's own KV pool (``breadcrumbs_vllm/vllm_plugin/kv_budget.py``), 
 ratio it chose in the finished output's ``kv_transfer_params``. So the gateway, a plain
 ``vllm serve`` replica and a replica behind a router all use one rule.
 
-Usage accounting follows ``BeaconSchedule`` exactly (the plugin is tested against the same
-rules): the token that ends a generation is sampled but never fed, so ``n`` generated tokens
-mean ``n - 1`` fed ones. A :class:`RequestAccount` collects, per engine request, the prompt
-length, the ratio it ran at and each choice's generated tokens; whoever sees the engine's
-outputs fills it (the embedded engine client, or the gateway reading a remote answer).
+Usage figures are measured: each finished compressed request reports what the engine held
+(``breadcrumbs_vllm/vllm_plugin/report.py``), and ``usage.breadcrumbs`` adds those reports up.
+Where vLLM passes on fewer reports than there are choices (``n > 1`` answered whole: its parallel
+sampling keeps only the last choice's ``kv_transfer_params``; or a remote stream, which carries
+none), the figures follow ``BeaconSchedule`` (the plugin is tested against the same rules: the
+token that ends a generation is sampled but never fed, so ``n`` generated tokens mean ``n - 1``
+fed ones), and ``measured`` says so. A :class:`RequestAccount` collects, per engine request,
+the prompt length, the ratio it ran at, each choice's generated tokens and the engine's reports;
+whoever sees the engine's outputs fills it (the embedded engine client, or the gateway reading a
+remote answer).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from dataclasses import dataclass, field
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_KEY, resolve_ratio
+from breadcrumbs_vllm.vllm_plugin.report import KVLedger
 from server.errors import APIError
 
 #: What a request may send as ``compression_ratio``: a ratio, ``None`` (no compression) or auto.
@@ -39,17 +45,21 @@ class RatioPolicy:
         return sorted(self.config.ratios)
 
     def check(self, requested: object) -> Requested:
-        """The request's ratio, normalised (``"none"``/``0`` mean none); 400 for anything else
-        than a ratio the model supports, ``None`` or ``"auto"``, naming the supported set."""
-        if isinstance(requested, str) and requested.strip().lower() in ("none", "null", "off"):
-            return None
-        if requested == AUTO or requested is None:
-            return requested
-        if isinstance(requested, bool) or not isinstance(requested, int):
+        """The ratio the engine will run the request at (``"auto"`` still to be chosen).
+
+        The JSON types come first (an integer, null, ``"auto"`` or ``"none"``); the value then
+        goes through ``resolve_ratio``, the rule vLLM's front end and the scheduler apply too,
+        so the gateway refuses exactly what the engine would, with a 400 naming the supported
+        ratios.
+        """
+        words = (AUTO, "none", "null", "off")
+        if isinstance(requested, bool) or not (
+                requested is None or isinstance(requested, int)
+                or (isinstance(requested, str) and requested.strip().lower() in words)):
             raise APIError(400, f"compression_ratio must be an integer, null or \"auto\", not "
                                 f"{requested!r}", param="compression_ratio")
         try:
-            return self.config.check_ratio(requested or None)  # 0 means none (spec)
+            return resolve_ratio({RATIO_KEY: requested}, self.config)
         except ValueError as exc:
             raise APIError(400, str(exc), param="compression_ratio") from None
 
@@ -77,9 +87,21 @@ def choice_savings(prompt_len: int, ratio: int | None, generated: int,
     )
 
 
+def reported_savings(report: KVLedger, block_size: int) -> ChoiceSavings:
+    """KV figures of one finished choice, from what the engine reported holding."""
+    uncompressed = report.fed_tokens - report.beacons  # the prompt and the generated tokens fed
+    return ChoiceSavings(
+        beacons=report.beacons,
+        peak_entries=report.peak_kv_entries,
+        entries_saved=uncompressed - report.kv_entries,
+        blocks_saved=math.ceil(uncompressed / block_size) - math.ceil(report.kv_entries / block_size),
+    )
+
+
 @dataclass
 class Generation:
-    """One engine request: its prompt length, the ratio it ran at, tokens per choice index.
+    """One engine request: its prompt length, the ratio it ran at, tokens per choice index and
+    the engine's reports of its finished compressed choices.
 
     ``ratio`` is ``"auto"`` until the engine reports what it chose (when the request finishes);
     one that never reports it (aborted, or a remote answer without ``kv_transfer_params``) has
@@ -89,13 +111,28 @@ class Generation:
     prompt_len: int
     ratio: Requested
     tokens: dict[int, int] = field(default_factory=dict)
+    reports: list[KVLedger] = field(default_factory=list)
 
     def add(self, index: int, num_tokens: int) -> None:
         self.tokens[index] = self.tokens.get(index, 0) + num_tokens
 
+    def reported(self, report: KVLedger) -> None:
+        """A finished choice's report: the ratio it ran at ("auto" resolved) and its KV."""
+        self.ratio = report.ratio
+        if report.ratio is not None:
+            self.reports.append(report)
+
+    @property
+    def measured(self) -> bool:
+        """Whether every choice's figures come from an engine report (uncompressed choices
+        need none: they hold their prompt and fed tokens)."""
+        return self.ratio is None or len(self.reports) == len(self.tokens)
+
     def savings(self, block_size: int) -> list[ChoiceSavings]:
         if self.ratio == AUTO:
             return []
+        if self.ratio is not None and self.measured:
+            return [reported_savings(r, block_size) for r in self.reports]
         return [choice_savings(self.prompt_len, self.ratio, n, block_size)  # type: ignore[arg-type]
                 for n in self.tokens.values()]
 
@@ -121,13 +158,14 @@ class RequestAccount:
         (the figures are ``null`` where the ratio "auto" chose never came back)."""
         if self.ratio == AUTO:
             return {"ratio": AUTO, "beacons_inserted": None, "peak_kv_entries": None,
-                    "kv_entries_saved": None}
+                    "kv_entries_saved": None, "measured": False}
         savings = [s for g in self.generations for s in g.savings(block_size)]
         return {
             "ratio": self.ratio,
             "beacons_inserted": sum(s.beacons for s in savings),
             "peak_kv_entries": sum(s.peak_entries for s in savings),
             "kv_entries_saved": sum(s.entries_saved for s in savings),
+            "measured": all(g.measured for g in self.generations),
         }
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_REPORT_KEY
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_KEY, ratio_xargs
+from breadcrumbs_vllm.vllm_plugin.report import read_report
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
 from server.engines.base import EngineBackend
@@ -41,7 +42,6 @@ ROUTES = {
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _UNSET = object()
 _OK = (200,)
-_RATIO = "compression_ratio"
 
 
 class CompressionLayer:
@@ -87,8 +87,7 @@ class CompressionLayer:
         if not self.backend.fills_account and (body.get("n") or 1) > 1 and label != "responses":
             body["return_token_ids"] = True  # each choice's count, for usage.breadcrumbs
         xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
-        requested = account.requested
-        body["vllm_xargs"] = {**xargs, _RATIO: "none" if requested is None else requested}
+        body["vllm_xargs"] = {**xargs, **ratio_xargs(account.requested)}
         scope.setdefault("state", {})["ratio"] = metrics.ratio_label(account.ratio)
         scope["state"]["route"] = label  # the remote forwarder's latency metrics use it
         token = CURRENT_ACCOUNT.set(account)
@@ -107,10 +106,10 @@ class CompressionLayer:
     def _take_ratio(self, body: dict[str, Any]):
         """The requested ratio: top-level field first, then ``vllm_xargs``, else the model's
         default; removed from the body (vLLM would warn about an unknown top-level field)."""
-        requested = body.pop(_RATIO, _UNSET)
+        requested = body.pop(RATIO_KEY, _UNSET)
         xargs = body.get("vllm_xargs")
         if requested is _UNSET and isinstance(xargs, dict):
-            requested = xargs.get(_RATIO, _UNSET)
+            requested = xargs.get(RATIO_KEY, _UNSET)
         if requested is _UNSET:
             requested = self.policy.config.default_ratio
         return self.policy.check(requested)
@@ -153,14 +152,16 @@ class CompressionLayer:
             return
         usage = answer["usage"]  # /v1/responses counts input and output tokens
         prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
-        reported = answer.get("kv_transfer_params") or {}  # chat answers carry what auto chose
-        generation = Generation(prompt, reported.get(RATIO_REPORT_KEY, account.requested))
+        generation = Generation(prompt, account.requested)
         choices = answer.get("choices") or []
         if len(choices) > 1:
             for choice in choices:
                 generation.add(choice.get("index", 0), len(choice.get("token_ids") or []))
         else:
             generation.add(0, usage.get("completion_tokens", usage.get("output_tokens")) or 0)
+        report = read_report(answer.get("kv_transfer_params"))  # chat answers carry the report
+        if report is not None:
+            generation.reported(report)
         account.generations = [generation]
 
     def _count(self, account: RequestAccount) -> None:

@@ -142,7 +142,7 @@ def test_compressed_and_auto_requests_pass_through(cluster):
     assert fixed.json()["usage"]["completion_tokens"] == 24
     auto = _chat(cluster.router, {"compression_ratio": "auto"})
     assert auto.status_code == 200, auto.text
-    assert auto.json()["kv_transfer_params"]["breadcrumbs_ratio"] in RATIOS, auto.text
+    assert auto.json()["kv_transfer_params"]["breadcrumbs"]["ratio"] in RATIOS, auto.text
 
 
 def test_both_replicas_serve_and_beacons_are_counted(cluster):

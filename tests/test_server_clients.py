@@ -68,13 +68,16 @@ def client(gateway):
     return openai.OpenAI(base_url=f"{gateway}/v1", api_key=KEY, max_retries=0)
 
 
-def breadcrumbs_for(prompt_len: int, ratio: int | None, generated: list[int]) -> dict:
-    """``usage.breadcrumbs`` the spec's schedule gives for these choices' token counts."""
+def breadcrumbs_for(prompt_len: int, ratio: int | None, generated: list[int],
+                    measured: bool = True) -> dict:
+    """``usage.breadcrumbs`` the spec's schedule gives for these choices' token counts (what
+    the engine's reports must add up to, and what the gateway falls back on without them)."""
     fed = [n - 1 for n in generated]  # the token that ends a generation is never fed
     s = BeaconSchedule(prompt_len, ratio)
     return {"ratio": ratio, "beacons_inserted": sum(s.num_beacons_fed(f) for f in fed),
             "peak_kv_entries": sum(s.peak_kv_entries(f) for f in fed),
-            "kv_entries_saved": sum(prompt_len + f - s.kv_entries(f) for f in fed)}
+            "kv_entries_saved": sum(prompt_len + f - s.kv_entries(f) for f in fed),
+            "measured": measured}
 
 
 MESSAGES = [{"role": "user", "content": "Use 3 5 8 to make 24."}]
@@ -121,12 +124,19 @@ def test_completions_n_stop_and_seed(client):
 
 
 def test_completions_n_counts_every_choice(client):
-    reply = client.completions.create(
-        model=MODEL, prompt="hello", max_tokens=16, n=2, temperature=1.0,
-        extra_body={"compression_ratio": 2, "ignore_eos": True})
+    """Answered whole, ``n > 1`` reaches the gateway with one choice's engine report (vLLM's
+    parallel sampling keeps the last child's ``kv_transfer_params``): the figures follow the
+    schedule for every choice, and say so. Streamed, each choice reports its own."""
+    kwargs = {"model": MODEL, "prompt": "hello", "max_tokens": 16, "n": 2, "temperature": 1.0,
+              "extra_body": {"compression_ratio": 2, "ignore_eos": True}}
+    reply = client.completions.create(**kwargs)
     assert len(reply.choices) == 2 and reply.usage.completion_tokens == 32
     assert reply.usage.model_extra["breadcrumbs"] == breadcrumbs_for(
-        reply.usage.prompt_tokens, 2, [16, 16])
+        reply.usage.prompt_tokens, 2, [16, 16], measured=False)
+    chunks = list(client.completions.create(**kwargs, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage.model_extra["breadcrumbs"] == breadcrumbs_for(
+        chunks[-1].usage.prompt_tokens, 2, [16, 16])
 
 
 def test_structured_output_follows_the_json_schema(client):

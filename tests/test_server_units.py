@@ -18,6 +18,7 @@ from breadcrumbs_vllm.checkpoint import (
 )
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
 from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio
+from breadcrumbs_vllm.vllm_plugin.report import KVLedger
 from server import Settings, create_app
 from server.cli import serve
 from server.compression import RatioPolicy, choice_savings
@@ -97,7 +98,9 @@ class FakeVLLM:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
                              "finish_reason": "length"}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17},
-                "kv_transfer_params": {"breadcrumbs_ratio": 2}})
+                "kv_transfer_params": KVLedger(  # c=2, 5 prompt + 11 fed tokens
+                    2, beacons=5, fed_tokens=21, kv_entries=11, peak_kv_entries=12,
+                    peak_kv_blocks=1).into(None)})
         if body.get("stream"):
             chunks = [{"choices": [{"index": 0, "text": t, "finish_reason": f}]}
                       for t, f in (("he", None), ("ll", None), ("o", "length"))]
@@ -125,8 +128,9 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
                 "logprobs": 2, "some_vllm_field": True}
         resp = client.post("/v1/completions", json=body)
         assert resp.status_code == 200, resp.text
-        assert resp.json()["usage"]["breadcrumbs"] == {
-            "ratio": 8, "beacons_inserted": 1, "peak_kv_entries": 14, "kv_entries_saved": 7}
+        assert resp.json()["usage"]["breadcrumbs"] == {  # a completions answer has no report
+            "ratio": 8, "beacons_inserted": 1, "peak_kv_entries": 14, "kv_entries_saved": 7,
+            "measured": False}
         path, sent = fake.bodies[-1]
         assert path == "/v1/completions" and sent["vllm_xargs"] == {"compression_ratio": 8}
         assert "compression_ratio" not in sent and sent["logprobs"] == 2 and sent["some_vllm_field"]
@@ -150,12 +154,13 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
         assert fake.bodies[-1][1]["vllm_xargs"] == {"compression_ratio": "auto"}
         assert resp.json()["usage"]["breadcrumbs"] == {
             "ratio": "auto", "beacons_inserted": None, "peak_kv_entries": None,
-            "kv_entries_saved": None}
+            "kv_entries_saved": None, "measured": False}
         chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                 "max_tokens": 13, "compression_ratio": "auto"}
         resp = client.post("/v1/chat/completions", json=chat)
         assert resp.json()["usage"]["breadcrumbs"] == {
-            "ratio": 2, "beacons_inserted": 5, "peak_kv_entries": 12, "kv_entries_saved": 5}
+            "ratio": 2, "beacons_inserted": 5, "peak_kv_entries": 12, "kv_entries_saved": 5,
+            "measured": True}
         assert client.get("/get_load").json() == {"load": 42}  # the upstream's own
 
         fake.healthy = False

@@ -1,8 +1,10 @@
-"""Per-request compression state shared by the scheduler and the worker.
+"""A request's compression: the ratio it asks for, and the scheduler's per-request state.
 
-Both processes derive every decision from :class:`breadcrumbs_vllm.spec.BeaconSchedule` and the
-request's logical progress (``num_computed_tokens``), so they agree on beacon steps, chunk
-boundaries, physical KV slots and block counts without a side channel.
+:func:`resolve_ratio` is the one rule for reading a requested ratio; the gateway, vLLM's front
+end (``patches.py``) and the scheduler all call it, and only the scheduler turns the result into
+the ratio the request runs at. :class:`RequestCompression` answers the scheduler's questions
+from :class:`breadcrumbs_vllm.spec.BeaconSchedule`; the worker learns the answers from the
+scheduler's plan (``plan.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from breadcrumbs_vllm.spec import BeaconSchedule, insert_beacons, validate_ratio
 
 #: The ``SamplingParams.extra_args`` key (what vLLM's OpenAI server fills from ``vllm_xargs``).
 RATIO_KEY = "compression_ratio"
-#: The ``kv_transfer_params`` key of a finished request's output that tells which ratio it ran at.
-RATIO_REPORT_KEY = "breadcrumbs_ratio"
 #: The requested value that lets the engine choose the ratio at admission (``kv_budget.py``).
 AUTO = "auto"
 
@@ -31,17 +31,20 @@ def resolve_ratio(extra_args: Mapping[str, Any] | None,
     turns into one of the first two when the request arrives. Raises ``ValueError`` naming the
     supported ratios when the model does not support the one asked for.
     """
-    if extra_args and RATIO_KEY in extra_args:
-        raw = extra_args[RATIO_KEY]
+    if not (extra_args and RATIO_KEY in extra_args):
+        return bc.check_ratio(validate_ratio(bc.default_ratio))
+    raw = extra_args[RATIO_KEY]
+    try:
         if isinstance(raw, str):
             word = raw.strip().lower()
             if word == AUTO:
                 return AUTO
-            raw = None if word in ("", "none", "null", "off") else int(raw)
-        ratio = validate_ratio(raw)
-    else:
-        ratio = validate_ratio(bc.default_ratio)
-    return bc.check_ratio(ratio)
+            raw = None if word in ("", "none", "null", "off") else int(word)
+        return bc.check_ratio(validate_ratio(raw))
+    except ValueError:
+        supported = ", ".join(map(str, sorted(bc.ratios)))
+        raise ValueError(f"compression ratio {raw!r} is not supported by this model; "
+                         f"supported: {supported}, none or auto") from None
 
 
 def ratio_xargs(ratio: int | str | None) -> dict[str, int | str]:

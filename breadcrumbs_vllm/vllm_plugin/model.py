@@ -6,7 +6,7 @@ from typing import Any
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression, resolve_ratio
+from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression, resolve_ratio
 
 
 class BeaconModel:
@@ -29,19 +29,10 @@ class BeaconModel:
         which carry none): a supported ratio, ``None`` or ``"auto"``; ``ValueError`` otherwise."""
         return resolve_ratio(params.extra_args if params is not None else None, self.bc)
 
-    def compression(self, prompt_len: int, params: Any) -> RequestCompression | None:
-        """The request's compression state, or ``None`` when it runs uncompressed.
-
-        Invariant relied on: ``"auto"`` was already replaced by the ratio the scheduler chose
-        (``BreadcrumbsScheduler.add_request`` writes it into the request's ``extra_args``
-        before the request is ever scheduled, so the worker reads the same ratio).
-        """
-        ratio = self.requested(params)
-        assert ratio != AUTO, "compression_ratio 'auto' must be resolved at admission"
-        return self.at_ratio(prompt_len, ratio, getattr(params, "max_tokens", None) or 0)
-
     def at_ratio(self, prompt_len: int, ratio: int | None,
                  max_tokens: int) -> RequestCompression | None:
+        """The compression state of a request the scheduler admitted at ``ratio``; ``None``
+        when it runs uncompressed."""
         if ratio is None:
             return None
         return RequestCompression(BeaconSchedule(prompt_len, ratio), self.bc.beacon_token_id,

@@ -1,4 +1,4 @@
-"""Scheduler side: beacon insertion into the token sequence and block accounting by physical length.
+"""Scheduler side: beacon insertion, block accounting by physical length, the worker's plan.
 
 ``BreadcrumbsScheduler`` is selected through ``SchedulerConfig.scheduler_cls`` for beacon models
 only, and builds its KV-cache manager as a :class:`PhysicalBlockAccountant`; both keep their
@@ -16,12 +16,7 @@ from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from breadcrumbs_vllm.vllm_plugin.compression import (
-    AUTO,
-    RATIO_REPORT_KEY,
-    RequestCompression,
-    ratio_xargs,
-)
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression
 from breadcrumbs_vllm.vllm_plugin.kv_budget import (
     DEFAULT_TARGET,
     TARGET_KEY,
@@ -30,6 +25,8 @@ from breadcrumbs_vllm.vllm_plugin.kv_budget import (
 )
 from breadcrumbs_vllm.vllm_plugin.metrics import CompressionStats
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+from breadcrumbs_vllm.vllm_plugin.plan import RequestStep, StepPlan, attach
+from breadcrumbs_vllm.vllm_plugin.report import KVLedger
 
 
 class PhysicalBlockAccountant(KVCacheManager):
@@ -129,8 +126,12 @@ class BreadcrumbsScheduler(Scheduler):
        between the beacon and ``y``. Preemption replay is then window by window automatically.
     3. Prefix-cache hits of compressed requests stop inside the prompt.
 
-    :meth:`add_request` also resolves ``"auto"``, and :meth:`make_stats` ships the plugin's
-    figures. Invariant: ``compressed``'s keys are a subset of ``reported``'s, and both hold only
+    :meth:`add_request` resolves each request's ratio, once (``"auto"`` included);
+    :meth:`_update_after_schedule` writes the step's plan for the worker (``plan.py``), from
+    which the worker derives nothing of its own; :meth:`make_stats` ships the plugin's figures
+    and :meth:`_free_request` the request's measured report (``report.py``).
+
+    Invariant: ``compressed``'s keys are a subset of ``reported``'s, and both hold only
     unfinished requests; an uncompressed request passes each override after a test, and
     a step with neither dict holding anything ships the projection alone, every
     :data:`PROJECTION_EVERY` steps. The overrides vLLM calls for every running request at every
@@ -147,8 +148,14 @@ class BreadcrumbsScheduler(Scheduler):
         self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET)
                                if isinstance(extra, dict) else DEFAULT_TARGET)
         self.compressed: dict[str, RequestCompression] = {}
-        #: The ratio each compressed or ``"auto"`` request runs at, reported when it finishes.
-        self.reported: dict[str, int | None] = {}
+        #: What each compressed or ``"auto"`` request reports when it finishes.
+        self.reported: dict[str, KVLedger] = {}
+        #: Compressed requests in the worker's batch: those the last plan scheduled (vLLM's
+        #: runner drops a request from its batch on a step that does not schedule it).
+        self._in_batch: set[str] = set()
+        #: Compressed requests whose last update put a beacon before the sample ``y``: the
+        #: worker wrote ``y`` where the beacon goes.
+        self._beacon_rows: set[str] = set()
         self.compression_stats = CompressionStats()
         self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
         #: Whether the last holdings shipped may be non-empty (so the next step ships them too).
@@ -159,19 +166,66 @@ class BreadcrumbsScheduler(Scheduler):
             self.connector.bind_kv_cache_manager(self.kv_cache_manager)
 
     def add_request(self, request: Request) -> None:
-        params = request.sampling_params
-        ratio = self.beacon_model.requested(params)
+        """Resolve the request's ratio: the one place the engine does (``"auto"`` from this
+        engine's projected KV usage); the plan carries it to the worker."""
+        ratio = self.beacon_model.requested(request.sampling_params)
         if ratio == AUTO:
             ratio = choose_ratio(self.beacon_model.bc.ratios, request.num_prompt_tokens,
                                  request.max_tokens, self.kv_projection(), self.kv_target)
-            # The worker reads the ratio from these params when the request is first scheduled.
-            params.extra_args = {**params.extra_args, **ratio_xargs(ratio)}
-            self.reported[request.request_id] = ratio
+            self.reported[request.request_id] = KVLedger(ratio)
         comp = self.beacon_model.at_ratio(request.num_prompt_tokens, ratio, request.max_tokens)
         if comp is not None:
             self.compressed[request.request_id] = comp
-            self.reported[request.request_id] = comp.ratio
+            self.reported[request.request_id] = KVLedger(comp.ratio)
         super().add_request(request)
+
+    def _update_after_schedule(self, scheduler_output) -> None:
+        """vLLM's update, after the step's plan went onto ``scheduler_output``: blocks are
+        allocated by now, and each request's ``num_computed_tokens`` still says where its chunk
+        starts (vLLM advances it here)."""
+        if self.compressed:
+            attach(scheduler_output, self._plan(scheduler_output))
+        Scheduler._update_after_schedule(self, scheduler_output)
+
+    def _plan(self, scheduler_output) -> StepPlan:
+        """One :class:`RequestStep` per compressed request scheduled this step (``plan.py``).
+
+        Every token write is idempotent (it writes what the fed sequence holds), so where the
+        worker's row might lack beacons the whole generated part is sent.
+        """
+        scheduled = scheduler_output.num_scheduled_tokens
+        cached = scheduler_output.scheduled_cached_reqs
+        new_block_ids = dict(zip(cached.req_ids, cached.new_block_ids))
+        plan: StepPlan = {}
+        for req_id, comp in self.compressed.items():
+            num_new = scheduled.get(req_id)
+            if not num_new:
+                continue
+            request = self.requests[req_id]
+            start, fed_len, schedule = request.num_computed_tokens, request.num_tokens, comp.schedule
+            held = self.kv_cache_manager.blocks_held(req_id)
+            keep = None  # vLLM sends new and resumed requests their whole block list
+            if req_id in new_block_ids and req_id not in cached.resumed_req_ids:
+                new_ids = new_block_ids[req_id]
+                keep = held - (len(new_ids[0]) if new_ids is not None else 0)
+            if req_id not in self._in_batch:  # (re-)added to the batch from outputs alone
+                write_at = comp.prompt_len
+                tokens = tuple(request.all_token_ids[comp.prompt_len:fed_len])
+            elif req_id in self._beacon_rows:
+                write_at, tokens = fed_len - 2, (comp.beacon_id, request.all_token_ids[-1])
+            else:
+                write_at, tokens = fed_len, ()
+            last = start + num_new - 1
+            move = ((schedule.physical_index(last), schedule.beacon_home(last))
+                    if schedule.is_beacon(last) else None)
+            physical_start = schedule.physical_index(start)
+            plan[req_id] = RequestStep(comp.ratio, keep, write_at, tokens, fed_len,
+                                       physical_start, start + num_new >= fed_len, move)
+            self.reported[req_id].observe(start + num_new, physical_start + num_new, held,
+                                          move is not None)
+        self._in_batch = set(plan)
+        self._beacon_rows.clear()
+        return plan
 
     def kv_projection(self) -> KVProjection:
         """This engine's pool now and its unfinished requests' remaining growth (kv_budget.py).
@@ -260,15 +314,19 @@ class BreadcrumbsScheduler(Scheduler):
             assert len(new_token_ids) == 1, "speculative decoding is not supported"
             if comp.schedule.is_beacon(request.num_tokens):
                 request._all_token_ids.append(comp.beacon_id)
+                self._beacon_rows.add(request.request_id)
                 self.compression_stats.beacon_inserted(comp.ratio)
         return Scheduler._update_request_with_output(self, request, new_token_ids, is_stale)
 
     def _free_request(self, request: Request, *args, **kwargs):
-        """vLLM's free, plus the ratio the request ran at in its ``kv_transfer_params`` (which
+        """vLLM's free, plus the request's measured report in its ``kv_transfer_params`` (which
         vLLM's chat completions answer carries), then forget it."""
         kv_params, ec_params = super()._free_request(request, *args, **kwargs)
-        self.compressed.pop(request.request_id, None)
-        if request.request_id in self.reported:
-            ratio = self.reported.pop(request.request_id)
-            kv_params = {**(kv_params or {}), RATIO_REPORT_KEY: ratio}
+        req_id = request.request_id
+        comp = self.compressed.pop(req_id, None)
+        if comp is not None:
+            self._in_batch.discard(req_id)
+            self._beacon_rows.discard(req_id)
+        if req_id in self.reported:
+            kv_params = self.reported.pop(req_id).into(kv_params)
         return kv_params, ec_params

@@ -9,8 +9,8 @@ vLLM's own worker and runner, with nothing of the plugin on the path.
 
 The V1 ``GPUModelRunner`` (which vLLM's ``CPUModelRunner`` subclasses) keeps a per-request token
 array and block-table row, and derives positions, slots and attention lengths from one counter.
-:class:`RunnerCompression` keeps both in step with the scheduler using only what each step's
-``SchedulerOutput`` already says (logical ``num_computed_tokens`` and ``num_scheduled_tokens``):
+:class:`RunnerCompression` keeps both in step with the scheduler by applying the plan the
+scheduler attaches to each step's ``SchedulerOutput`` (``plan.py``); it derives nothing itself:
 
 * token array = prompt + generated tokens with beacons inserted, so the beacon is fed by the
   stock input gathering and its sample is discarded like a partial prefill's;
@@ -30,129 +30,86 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker as GPUWorker
 
 from breadcrumbs_vllm.vllm_plugin import kv_layout
-from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression
 from breadcrumbs_vllm.vllm_plugin.kv_layout import KVCompactor
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+from breadcrumbs_vllm.vllm_plugin.plan import StepPlan, plan_of
 
 
 class RunnerCompression:
-    """The Breadcrumbs state of one beacon model runner: its compressed requests and the work of
-    each step hook.
+    """The Breadcrumbs work of one beacon model runner: applying each step's plan.
 
-    Invariant: :attr:`compressed` holds the compressed requests the scheduler has sent and not
-    yet finished (the runner learns of both in :meth:`sync_block_tables`, the first hook of a
-    step). While it is empty the runner's per-step overrides return straight to vLLM's code;
-    otherwise their Python work is per compressed request, not per batch row.
+    The scheduler decides everything (``plan.py``); this class only writes what a step's plan
+    says into the runner's persistent buffers, at the three hooks of :class:`BeaconRunner`. It
+    keeps no per-request state, so there is nothing to track, forget or get out of step.
     """
 
-    def __init__(self, runner: Any, beacon_model: BeaconModel) -> None:
+    def __init__(self, runner: Any) -> None:
         self.runner = runner
-        self.beacon_model = beacon_model
-        #: The compressed requests the runner knows, registered when they arrive.
-        self.compressed: dict[str, RequestCompression] = {}
         #: Built from the allocated KV cache at engine start
         #: (:meth:`BeaconRunner.initialize_kv_cache`).
         self.compactor: KVCompactor | None = None
 
-    def _track_requests(self, scheduler_output: Any) -> None:
-        """Register new compressed requests and forget finished ones (from the step's output)."""
-        if self.compressed:
-            for req_id in scheduler_output.finished_req_ids:
-                self.compressed.pop(req_id, None)
-        for new in scheduler_output.scheduled_new_reqs:
-            comp = self.beacon_model.compression(len(new.prompt_token_ids), new.sampling_params)
-            if comp is not None:
-                self.compressed[new.req_id] = comp
-
-    def _batch(self):
-        """(batch index, request id, compression) of the compressed requests in the batch."""
+    def _batch(self, plan: StepPlan):
+        """(batch index, step) of the planned requests that are in the runner's batch."""
         index = self.runner.input_batch.req_id_to_index
-        for req_id, comp in self.compressed.items():
+        for req_id, step in plan.items():
             i = index.get(req_id)
             if i is not None:
-                yield i, req_id, comp
+                yield i, step
 
     @property
     def _block_table(self):
         return self.runner.input_batch.block_table[0]
 
     # --- hook 1: before _update_states ---------------------------------------------------------
-    def sync_block_tables(self, scheduler_output: Any) -> None:
-        """Cut each compressed request's block list to what the scheduler still holds.
-
-        The scheduler frees tail blocks when a window is evicted and only sends *new* block ids;
-        both sides compute the held count as ``blocks_needed(chunk) - len(new blocks)``.
-        """
-        self._track_requests(scheduler_output)
-        if not self.compressed:
-            return
-        cached = scheduler_output.scheduled_cached_reqs
-        position = dict(zip(cached.req_ids, range(len(cached.req_ids))))  # built in C
-        block_size = self._block_table.block_size
-        for req_id, comp in self.compressed.items():
-            i = position.get(req_id)
-            if i is None or req_id in cached.resumed_req_ids or req_id not in self.runner.requests:
+    def sync_block_tables(self, plan: StepPlan) -> None:
+        """Cut each block list to the blocks the plan keeps, before vLLM appends the new ones
+        (the scheduler freed the rest when a window was evicted, and sends only new ids)."""
+        requests, index = self.runner.requests, self.runner.input_batch.req_id_to_index
+        for req_id, step in plan.items():
+            if step.keep_blocks is None:
                 continue
-            new_ids = cached.new_block_ids[i]
-            num_new = len(new_ids[0]) if new_ids is not None else 0
-            num_scheduled = scheduler_output.num_scheduled_tokens[req_id]
-            keep = comp.blocks_needed(cached.num_computed_tokens[i], num_scheduled,
-                                      block_size) - num_new
-            del self.runner.requests[req_id].block_ids[0][keep:]
-            index = self.runner.input_batch.req_id_to_index.get(req_id)
-            if index is not None:
-                assert keep <= self._block_table.num_blocks_per_row[index]
-                self._block_table.num_blocks_per_row[index] = keep
+            del requests[req_id].block_ids[0][step.keep_blocks:]
+            i = index.get(req_id)
+            if i is not None:
+                assert step.keep_blocks <= self._block_table.num_blocks_per_row[i]
+                self._block_table.num_blocks_per_row[i] = step.keep_blocks
 
     # --- hook 2: around _prepare_inputs --------------------------------------------------------
-    def layout_tokens(self) -> None:
+    def layout_tokens(self, plan: StepPlan) -> None:
         """Make each token array ``prompt + generated tokens with beacons`` (rule 2).
 
-        The stock runner writes a sampled token right after the last fed one; when that index is
-        a beacon's, the token moves one up and the beacon takes its place. Requests re-added to
-        the batch (preempted, resumed) get their whole generated part rewritten.
+        The stock runner knows only the generated tokens: it writes a sample right after the
+        last fed token, and rebuilds a row from the outputs alone when a request re-enters the
+        batch. The plan says what is missing and where it goes.
         """
         batch = self.runner.input_batch
-        for i, req_id, comp in self._batch():
-            outputs = self.runner.requests[req_id].output_token_ids
-            expected = comp.schedule.logical_len(len(outputs))
-            have = int(batch.num_tokens_no_spec[i])
-            if have == expected:
-                continue
-            row = batch.token_ids_cpu[i]
-            if have == expected - 1 and comp.schedule.is_beacon(have - 1):
-                row[have] = row[have - 1]
-                row[have - 1] = comp.beacon_id
-            else:
-                fed = comp.fed_outputs(outputs)
-                row[comp.prompt_len: comp.prompt_len + len(fed)] = fed
-            batch.is_token_ids[i, comp.prompt_len: expected] = True
-            batch.num_tokens_no_spec[i] = expected
+        for i, step in self._batch(plan):
+            if step.tokens:
+                end = step.write_at + len(step.tokens)
+                batch.token_ids_cpu[i, step.write_at:end] = step.tokens
+                batch.is_token_ids[i, step.write_at:end] = True
+            batch.num_tokens_no_spec[i] = step.fed_len
 
-    def physical_attention(self, num_scheduled_tokens: np.ndarray) -> None:
-        """Point slot mapping and ``seq_lens`` at physical slots; fix which samples are dropped.
+    def physical_attention(self, plan: StepPlan, num_scheduled_tokens: np.ndarray) -> None:
+        """Point slot mapping and ``seq_lens`` at physical slots; drop beacon steps' samples.
 
         A chunk of a compressed request never crosses a beacon, so its physical slots are
-        contiguous from ``physical_index(num_computed)``. Its sample is kept only when the chunk
-        reaches the end of the fed sequence (a beacon chunk never does: ``y`` follows it). The
-        per-request loop is plain Python; the tensors are written once per step, for all rows
-        (on a GPU every indexed write is a transfer).
+        contiguous from the plan's ``physical_start``. The tensors are written once per step,
+        for all rows (on a GPU every indexed write is a transfer).
         """
         runner = self.runner
         batch = runner.input_batch
-        rows, starts, counts = [], [], []
-        for i, req_id, comp in self._batch():
-            num_computed = int(batch.num_computed_tokens_cpu[i])
-            k = int(num_scheduled_tokens[i])
-            fed_len = comp.schedule.logical_len(len(runner.requests[req_id].output_token_ids))
-            runner.discard_request_mask.np[i] = num_computed + k < fed_len
+        rows, starts = [], []
+        for i, step in self._batch(plan):
+            runner.discard_request_mask.np[i] = not step.keep_sample
             rows.append(i)
-            starts.append(comp.physical_start(num_computed))
-            counts.append(k)
+            starts.append(step.physical_start)
         if not rows:
             return
         num_reqs = batch.num_reqs
-        row, start, count = np.array(rows), np.array(starts), np.array(counts)
+        row, start = np.array(rows), np.array(starts)
+        count = num_scheduled_tokens[row].astype(np.int64)
         # Every scheduled token of those rows: where it sits in the flat batch, its physical index.
         within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
         flat = np.repeat(runner.query_start_loc.np[row], count) + within
@@ -168,24 +125,18 @@ class RunnerCompression:
         runner.discard_request_mask.copy_to_gpu(num_reqs)
 
     # --- hook 3: after the forward pass (start of _bookkeeping_sync) --------------------------
-    def compact(self, scheduler_output: Any) -> None:
-        """After a beacon's forward: evict its window by moving the beacon to its home slot.
+    def compact(self, plan: StepPlan) -> None:
+        """After a beacon's forward: evict its window by moving the beacon to its home slot,
+        one copy per layer for the whole step.
 
         Runs before the scheduler's next step, which may hand the freed tail blocks to another
         request. The next window overwrites the stale slots.
         """
-        batch = self.runner.input_batch
-        for i, req_id, comp in self._batch():
-            last = int(batch.num_computed_tokens_cpu[i]) + \
-                scheduler_output.num_scheduled_tokens[req_id] - 1
-            if not comp.schedule.is_beacon(last):
-                continue
-            self.compactor.move(self._block_table.block_table.np[i],
-                                 comp.schedule.physical_index(last),
-                                 comp.schedule.beacon_home(last))
-
-    def flush(self) -> None:
-        """Apply the beacon moves :meth:`compact` staged (one copy per layer)."""
+        moves = [(i, step.move) for i, step in self._batch(plan) if step.move is not None]
+        if not moves:
+            return
+        for i, (src, dst) in moves:
+            self.compactor.move(self._block_table.block_table.np[i], src, dst)
         self.compactor.flush()
 
 
@@ -213,38 +164,36 @@ class BeaconRunner:
     * ``_bookkeeping_sync`` starts right after the forward pass, on the stream it ran on, so the
       beacon moves follow this step's KV writes.
 
-    With no compressed request live, each override returns to vLLM's code after one test
-    (``_update_states`` also looks at a step's new requests, to learn of compressed ones).
+    A step whose ``SchedulerOutput`` carries no plan (nothing compressed) returns to vLLM's
+    code after one attribute lookup in each override.
     """
 
     def __init__(self, vllm_config: Any, device: torch.device) -> None:
         super().__init__(vllm_config, device)
-        beacon_model = BeaconModel.from_model_config(vllm_config.model_config)
-        if beacon_model is None:
+        if BeaconModel.from_model_config(vllm_config.model_config) is None:
             raise ValueError("breadcrumbs: the beacon runner serves models with a breadcrumbs "
                              "block only")
-        self.breadcrumbs = RunnerCompression(self, beacon_model)
+        self.breadcrumbs = RunnerCompression(self)
 
     def _update_states(self, scheduler_output):
-        state = self.breadcrumbs
-        if state.compressed or scheduler_output.scheduled_new_reqs:
-            state.sync_block_tables(scheduler_output)
+        plan = plan_of(scheduler_output)
+        if plan:
+            self.breadcrumbs.sync_block_tables(plan)
         return super()._update_states(scheduler_output)
 
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
-        state = self.breadcrumbs
-        if not state.compressed:
+        plan = plan_of(scheduler_output)
+        if not plan:
             return super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
-        state.layout_tokens()
+        self.breadcrumbs.layout_tokens(plan)
         result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
-        state.physical_attention(num_scheduled_tokens)
+        self.breadcrumbs.physical_attention(plan, num_scheduled_tokens)
         return result
 
     def _bookkeeping_sync(self, scheduler_output, *args, **kwargs):
-        state = self.breadcrumbs
-        if state.compressed:
-            state.compact(scheduler_output)  # stages this step's beacon moves ...
-            state.flush()  # ... and moves them, one copy per layer
+        plan = plan_of(scheduler_output)
+        if plan:
+            self.breadcrumbs.compact(plan)
         return super()._bookkeeping_sync(scheduler_output, *args, **kwargs)
 
     def initialize_kv_cache(self, kv_cache_config, is_profiling=False, *args, **kwargs):

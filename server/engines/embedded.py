@@ -25,9 +25,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 from starlette.types import ASGIApp
 
-from breadcrumbs_vllm.vllm_plugin.compression import RATIO_REPORT_KEY
 from breadcrumbs_vllm.vllm_plugin.kv_budget import TARGET_KEY
 from breadcrumbs_vllm.vllm_plugin.load import server_load
+from breadcrumbs_vllm.vllm_plugin.report import read_report
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy
 from server.engines.base import EngineBackend
@@ -153,8 +153,8 @@ class CompressingEngineClient:
       sampler that cannot rewind a seeded generator (vLLM's CPU sampler), is refused with a
       400 (``VLLMValidationError``), never run;
     - the outputs are counted into the current request's account and the gateway's metrics,
-      with the ratio ``"auto"`` chose taken from the finished output's ``kv_transfer_params``
-      (the engine decides it at admission, ``kv_budget.py``).
+      with the engine's report (the ratio ``"auto"`` chose, the KV it held) taken from the
+      finished output's ``kv_transfer_params`` (``breadcrumbs_vllm/vllm_plugin/report.py``).
     """
 
     def __init__(self, engine: Any, policy: RatioPolicy, max_prompt_tokens: int,
@@ -212,8 +212,9 @@ class CompressingEngineClient:
                 clock.tick()
                 if output.finished:
                     clock.done()
-                    if RATIO_REPORT_KEY in (output.kv_transfer_params or {}):
-                        generation.ratio = output.kv_transfer_params[RATIO_REPORT_KEY]
+                    report = read_report(output.kv_transfer_params)
+                    if report is not None:
+                        generation.reported(report)
                 for choice in output.outputs:
                     if delta:
                         generation.add(choice.index, len(choice.token_ids))
