@@ -126,7 +126,9 @@ def test_completions_n_stop_and_seed(client):
 def test_completions_n_counts_every_choice(client):
     """Answered whole, ``n > 1`` reaches the gateway with one choice's engine report (vLLM's
     parallel sampling keeps the last child's ``kv_transfer_params``): the figures follow the
-    schedule for every choice, and say so. Streamed, each choice reports its own."""
+    schedule for every choice, and say so. Streamed, each choice's report comes with its last
+    chunk, unless vLLM's output collector merged the two last chunks (both choices end on the
+    same step here) and kept one; the figures are the same either way."""
     kwargs = {"model": MODEL, "prompt": "hello", "max_tokens": 16, "n": 2, "temperature": 1.0,
               "extra_body": {"compression_ratio": 2, "ignore_eos": True}}
     reply = client.completions.create(**kwargs)
@@ -135,8 +137,9 @@ def test_completions_n_counts_every_choice(client):
         reply.usage.prompt_tokens, 2, [16, 16], measured=False)
     chunks = list(client.completions.create(**kwargs, stream=True,
                                             stream_options={"include_usage": True}))
-    assert chunks[-1].usage.model_extra["breadcrumbs"] == breadcrumbs_for(
-        chunks[-1].usage.prompt_tokens, 2, [16, 16])
+    crumbs = chunks[-1].usage.model_extra["breadcrumbs"]
+    assert crumbs == breadcrumbs_for(chunks[-1].usage.prompt_tokens, 2, [16, 16],
+                                     measured=crumbs["measured"])
 
 
 def test_structured_output_follows_the_json_schema(client):

@@ -212,9 +212,11 @@ class CompressingEngineClient:
                 clock.tick()
                 if output.finished:
                     clock.done()
-                    report = read_report(output.kv_transfer_params)
-                    if report is not None:
-                        generation.reported(report)
+                # A choice's report comes with its last output (with n > 1 streamed, before
+                # the request as a whole is finished).
+                report = read_report(output.kv_transfer_params)
+                if report is not None:
+                    generation.reported(report)
                 for choice in output.outputs:
                     if delta:
                         generation.add(choice.index, len(choice.token_ids))
