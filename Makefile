@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(VARIANT)
 
-.PHONY: setup serve router test promtool eval lint gpu-pack
+.PHONY: setup serve router test promtool eval lint gpu-pack vllm-core-tests
 
 setup: $(STAMP)
 
@@ -50,3 +50,8 @@ eval: setup
 
 lint: setup
 	$(BIN)/ruff check breadcrumbs_vllm server tests loadtests
+
+# Opt-in (minutes): vLLM 0.32.0's own tests/v1/core scheduler and KV-cache tests, stock and on
+# the plugin's scheduler and KV manager (loadtests/vllm_core_tests.py; docs/plugin.md).
+vllm-core-tests: setup
+	$(BIN)/python loadtests/vllm_core_tests.py $(ARGS)

@@ -202,8 +202,9 @@ def run_region(region: Region, parts: StockParts | None, counter: Callgrind | No
 
 
 def serving_engine(path: Path, args):
-    """An engine that logs stats as a server does (the plugin adds its stat logger to the
-    offline engine as ``AsyncLLM`` would: ``patches._wrap_llm_engine_init``)."""
+    """An engine that makes stats as a server does: the scheduler publishes its figures on the
+    stats channel (the offline engine loads no stat-logger plugin, so the front end's reading,
+    a few struct unpacks per step, is not counted)."""
     return engine(path, args, disable_log_stats=False, enforce_eager=True)
 
 

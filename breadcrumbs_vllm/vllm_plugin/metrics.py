@@ -2,18 +2,21 @@
 
 The scheduler runs in vLLM's EngineCore process, which is a separate process behind
 ``AsyncLLM`` and vLLM's OpenAI server, while ``/metrics`` is served by the front-end process. So
-the two halves are split the way vLLM splits its own metrics:
+the two halves are split the way vLLM splits its own metrics, but over the plugin's own channel
+(``stats_channel.py``): vLLM's ``SchedulerStats`` stay exactly as stock makes them.
 
-* :class:`CompressionStats` (EngineCore) counts beacons, evictions and freed blocks per ratio and
-  snapshots the blocks held; :meth:`CompressionStats.attach` puts the counts since the last step
-  into the step's ``SchedulerStats`` -- the object vLLM already ships to the front end after every
-  step -- under the ``kv_connector_stats`` dict's ``"breadcrumbs"`` key (``SchedulerStats`` has no
-  free-form field, and a subclass would not survive vLLM's msgpack decoding).
+* :class:`CompressionStats` (EngineCore) counts beacons, evictions and freed blocks per ratio
+  since start-up; :meth:`CompressionStats.publish` writes those totals, the blocks held and the
+  projected KV usage into this engine's shared-memory file (``StatsWriter``).
 * :class:`BreadcrumbsStatLogger` (front end) is registered under vLLM's
-  ``vllm.stat_logger_plugins`` entry point, so ``AsyncLLM`` and vLLM's OpenAI server load it with
-  no user code. vLLM runs plugin loggers before its own, so it removes its payload before vLLM's
-  connector metrics look at that dict, and turns it into ``breadcrumbs_*`` metrics in the default
-  registry that ``/metrics`` serves.
+  ``vllm.stat_logger_plugins`` entry point, so ``AsyncLLM``, the gateway and vLLM's OpenAI server
+  load it with no user code. On every ``record()`` of its engine it reads that file
+  (``StatsReader``), adds what the cumulative counts gained since its last read to the
+  ``breadcrumbs_*`` counters and sets the gauges, in the default registry that ``/metrics``
+  serves. Counts are cumulative, so a step whose stats reach another API server (vLLM sends
+  each step's stats to one front end only), or none, loses nothing. The offline ``vllm.LLM``
+  loads no stat-logger plugins: pass ``stat_loggers=[BreadcrumbsStatLogger]`` to
+  ``LLMEngine`` to export there, or read ``scheduler.compression_stats.totals`` in-process.
 
 Every series carries ``model_name`` and ``engine`` (the data-parallel rank), as vLLM's own
 ``vllm:*`` series do, so under ``--data-parallel-size N`` each engine's figures stay apart. The
@@ -23,72 +26,48 @@ Every series carries ``model_name`` and ``engine`` (the data-parallel rank), as 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-PAYLOAD_KEY = "breadcrumbs"
+from breadcrumbs_vllm.vllm_plugin.stats_channel import (
+    COUNTS,
+    Snapshot,
+    StatsReader,
+    StatsWriter,
+)
 
 
-@dataclass
 class CompressionStats:
-    """Engine-side compression counts since the last drain."""
+    """Engine-side compression counts since start-up, and the channel they are published on
+    (``None`` when the engine runs without stats: the totals are then for in-process readers,
+    such as tests and the benchmark, alone)."""
 
-    beacons: Tally[int] = field(default_factory=Tally)
-    evicted: Tally[int] = field(default_factory=Tally)
-    freed: Tally[int] = field(default_factory=Tally)
-    #: Running totals since start-up, for in-process readers (tests, the benchmark).
-    totals: dict[str, Tally[int]] = field(
-        default_factory=lambda: {"beacons": Tally(), "evicted": Tally(), "freed": Tally()})
+    def __init__(self, writer: StatsWriter | None = None) -> None:
+        self.writer = writer
+        self.totals: dict[str, Tally[int]] = {name: Tally() for name in COUNTS}
 
     def beacon_inserted(self, ratio: int) -> None:
-        self._count("beacons", ratio, 1)
-        self._count("evicted", ratio, ratio)
+        self.totals["beacons"][ratio] += 1
+        self.totals["evicted"][ratio] += ratio
 
     def blocks_freed(self, ratio: int, count: int) -> None:
-        self._count("freed", ratio, count)
+        self.totals["freed"][ratio] += count
 
-    def _count(self, name: str, ratio: int, amount: int) -> None:
-        getattr(self, name)[ratio] += amount
-        self.totals[name][ratio] += amount
-
-    def drain(self, holdings: dict[int, tuple[int, int]] | None,
-              projected: float) -> dict[str, Any]:
-        """The counts since the last drain (then reset), ``holdings`` and ``projected``, as plain
-        data; a count with nothing new and ``holdings`` ``None`` are left out (the stock path's
-        payload is the projection alone).
+    def publish(self, holdings: dict[int, tuple[int, int]] | None, projected: float) -> None:
+        """Write the totals, ``holdings`` and ``projected`` for the front end's stat logger.
 
         ``holdings`` is ``{ratio: (blocks held, blocks the same requests would hold
-        uncompressed)}`` now; ``projected`` the engine's projected KV usage (``kv_budget.py``).
+        uncompressed)}`` now, or ``None`` to leave the last ones (the stock path publishes the
+        projection alone); ``projected`` the engine's projected KV usage (``kv_budget.py``).
         """
-        payload: dict[str, Any] = {"projected": projected}
-        for name in ("beacons", "evicted", "freed"):
-            counts = getattr(self, name)
-            if counts:
-                payload[name] = {str(r): n for r, n in counts.items()}
-                counts.clear()
-        if holdings is not None:
-            payload["holdings"] = {str(r): list(pair) for r, pair in holdings.items()}
-        return payload
+        if self.writer is not None:
+            self.writer.publish(self.totals, holdings, projected)
 
-    def attach(self, scheduler_stats: Any, holdings: dict[int, tuple[int, int]] | None,
-               projected: float) -> None:
-        """Ship :meth:`drain` to the front end inside this step's ``SchedulerStats``."""
-        carried = dict(scheduler_stats.kv_connector_stats or {})
-        carried[PAYLOAD_KEY] = self.drain(holdings, projected)
-        scheduler_stats.kv_connector_stats = carried
-
-
-def take_payload(scheduler_stats: Any) -> dict[str, Any] | None:
-    """Remove and return the plugin's payload, leaving ``kv_connector_stats`` as vLLM made it."""
-    carried = scheduler_stats.kv_connector_stats
-    if not carried or PAYLOAD_KEY not in carried:
-        return None
-    rest = {k: v for k, v in carried.items() if k != PAYLOAD_KEY}
-    scheduler_stats.kv_connector_stats = rest or None
-    return carried[PAYLOAD_KEY]
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class PrometheusCompressionMetrics:
@@ -121,8 +100,6 @@ class PrometheusCompressionMetrics:
             "KV usage projected over the unfinished requests' remaining growth (kv_budget.py): "
             "blocks in use plus what they may still add until max_tokens, over the pool",
             ["model_name", "engine"], registry=registry)
-        #: Per (model_name, engine): the ratios that engine has reported holdings for.
-        self._seen_ratios: dict[tuple[str, str], set[str]] = {}
 
     @classmethod
     def get(cls) -> PrometheusCompressionMetrics:
@@ -130,43 +107,50 @@ class PrometheusCompressionMetrics:
             cls._instance = cls()
         return cls._instance
 
-    def apply(self, payload: dict[str, Any], model_name: str, engine: str) -> None:
-        """Add one engine's step payload to that engine's series."""
-        self.projected.labels(model_name, engine).set(payload["projected"])
-        for name, counter in self.counters.items():
-            for ratio, amount in payload.get(name, {}).items():
-                counter.labels(model_name, engine, ratio).inc(amount)
-        holdings = payload.get("holdings")
-        if holdings is None:  # the stock path: nothing compressed since the last zeroing
-            return
-        seen = self._seen_ratios.setdefault((model_name, engine), set())
-        seen |= set(holdings)
-        for ratio in seen:  # a ratio with no live request drops to 0
-            held, uncompressed = holdings.get(ratio, (0, 0))
-            self.held.labels(model_name, engine, ratio).set(held)
-            self.saved.labels(model_name, engine, ratio).set(uncompressed - held)
+    def apply(self, snapshot: Snapshot, counted: dict[tuple[str, int], int], model_name: str,
+              engine: str) -> None:
+        """Bring one engine's series up to ``snapshot``; ``counted`` holds the cumulative counts
+        already added (per name and ratio), and is updated."""
+        if snapshot.projected is not None:
+            self.projected.labels(model_name, engine).set(snapshot.projected)
+        for ratio, figures in snapshot.ratios.items():
+            for name, total in figures.counts.items():
+                gained = total - counted.get((name, ratio), 0)
+                if gained > 0:
+                    self.counters[name].labels(model_name, engine, str(ratio)).inc(gained)
+                    counted[(name, ratio)] = total
+            if figures.shown:  # a ratio with no live request drops to 0
+                self.held.labels(model_name, engine, str(ratio)).set(figures.held)
+                self.saved.labels(model_name, engine, str(ratio)).set(
+                    figures.uncompressed - figures.held)
 
 
 class BreadcrumbsStatLogger(StatLoggerBase):
-    """vLLM stat logger (front-end process) that exports the scheduler's compression counts.
+    """vLLM stat logger (front-end process) that exports the scheduler's compression figures.
 
-    vLLM builds one per engine (``PerEngineStatLoggerAdapter``) and hands each its engine's
-    ``SchedulerStats``; ``record`` still labels by the ``engine_idx`` it is given, which is the
-    engine the stats came from.
+    vLLM builds one per engine (``PerEngineStatLoggerAdapter``) and calls ``record`` with that
+    engine's ``SchedulerStats`` after its steps; the figures come from the engine's channel,
+    not from those stats, and are labelled by the ``engine_idx`` given. For a model without
+    beacons (vLLM's own scheduler, no channel) it does nothing.
     """
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
+
         self.metrics = PrometheusCompressionMetrics.get()
         model_config = getattr(vllm_config, "model_config", None)
         self.model_name = str(getattr(model_config, "served_model_name", "") or "")
+        beacon = BeaconModel.from_model_config(model_config) is not None
+        self.reader = StatsReader(vllm_config, engine_index) if beacon else None
+        self._counted: dict[tuple[str, int], int] = {}
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:
-        if scheduler_stats is None:
+        if scheduler_stats is None or self.reader is None:
             return
-        payload = take_payload(scheduler_stats)
-        if payload is not None:
-            self.metrics.apply(payload, self.model_name, str(engine_idx))
+        snapshot = self.reader.read()
+        if snapshot is not None:
+            self.metrics.apply(snapshot, self._counted, self.model_name, str(engine_idx))
 
     def log_engine_initialized(self) -> None:
         pass

@@ -1,17 +1,20 @@
-"""The plugin's three patches of vLLM, and the engine-start choice of its classes.
+"""The plugin's two patches of vLLM, and the engine-start choice of its classes.
 
 What a beacon model needs is chosen when its engine config is built (:func:`configure_beacon_engine`):
 vLLM's ``scheduler_cls`` and ``worker_cls`` options name the plugin's scheduler (which builds
 its own KV-cache manager) and worker (which builds its own model runner), so those classes run
-from the engine's start to its end, and any other model runs vLLM's own. Three places have no
+from the engine's start to its end, and any other model runs vLLM's own. Two places have no
 such option, so their methods are wrapped; each wrapper calls the original and engages only for
 beacon models:
 
 * ``EngineArgs.create_engine_config``: vLLM has no plugin hook on config creation, and the model
   runner generation and async scheduling must be chosen *before* the config is built;
 * ``InputProcessor._validate_params``: vLLM validates ``SamplingParams`` in the front end with no
-  per-model hook, and a bad ratio must fail its one request there (HTTP 400), not the engine;
-* ``LLMEngine.__init__``: the offline engine loads no stat-logger plugins.
+  per-model hook, and a bad ratio must fail its one request there (HTTP 400), not the engine.
+
+(The metrics need no patch: the scheduler's figures travel on the plugin's own channel,
+``stats_channel.py``, and vLLM loads the stat logger that reads them from its
+``vllm.stat_logger_plugins`` entry point.)
 
 Every patch and every overridden method records the signature it was written against;
 :func:`check_surface` compares them with the installed vLLM, and ``tests/test_plugin_units.py``
@@ -146,30 +149,6 @@ def _wrap_create_engine_config(original, problems: tuple[str, ...] = ()):
     return create_engine_config
 
 
-def _wrap_llm_engine_init(original):
-    """The offline engine (``vllm.LLM``) with stats on: add the plugin's stat logger.
-
-    ``AsyncLLM`` (vLLM's server) loads ``vllm.stat_logger_plugins``; the offline ``LLMEngine``
-    does not. The Breadcrumbs scheduler ships its figures inside ``kv_connector_stats`` (with
-    or without compression), and vLLM's own loggers, meeting that dict with no KV connector
-    configured, fail; the plugin's logger takes its payload out first. So for beacon models the offline engine gets
-    the logger ``AsyncLLM`` would have loaded. (``vllm.LLM`` passes ``stat_loggers`` by keyword.)
-
-    Why a patch: ``LLMEngine`` takes stat loggers only from its caller (``vllm.LLM`` passes
-    none), and loads no ``vllm.stat_logger_plugins``.
-    """
-    def __init__(self, vllm_config, *args, **kwargs):
-        from breadcrumbs_vllm.vllm_plugin.metrics import BreadcrumbsStatLogger
-        from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
-
-        if BeaconModel.from_model_config(vllm_config.model_config) is not None:
-            loggers = list(kwargs.get("stat_loggers") or [])
-            if BreadcrumbsStatLogger not in loggers:
-                kwargs["stat_loggers"] = [*loggers, BreadcrumbsStatLogger]
-        original(self, vllm_config, *args, **kwargs)
-    return __init__
-
-
 def _is_beacon_checkpoint(model: str) -> bool:
     from breadcrumbs_vllm.checkpoint import CheckpointError, read_breadcrumbs_config
 
@@ -219,7 +198,6 @@ def all_patches(problems: tuple[str, ...] = ()) -> list[Patch]:
     """The patches; ``problems`` makes the engine-config patch refuse beacon models."""
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.input_processor import InputProcessor
-    from vllm.v1.engine.llm_engine import LLMEngine
 
     return [
         Patch("frontend-ratio-validation", InputProcessor, "_validate_params",
@@ -227,10 +205,6 @@ def all_patches(problems: tuple[str, ...] = ()) -> list[Patch]:
         Patch(CONFIG_PATCH, EngineArgs, "create_engine_config",
               ("self", "usage_context", "headless"),
               functools.partial(_wrap_create_engine_config, problems=problems)),
-        Patch("offline-engine-stat-logger", LLMEngine, "__init__",
-              ("self", "vllm_config", "executor_class", "log_stats", "aggregate_engine_logging",
-               "usage_context", "stat_loggers", "mm_registry", "multiprocess_mode"),
-              _wrap_llm_engine_init),
     ]
 
 
@@ -278,6 +252,7 @@ def overridden_surface() -> list[tuple[type, str, tuple[str, ...]]]:
          ("self", "request", "new_token_ids", "is_stale")),
         (Scheduler, "_get_local_prefix_cache_hit", ("self", "request")),
         (Scheduler, "_free_request", ("self", "request", "delay_free_blocks")),
+        (Scheduler, "shutdown", ("self",)),
         (KVCacheManager, "allocate_slots",
          ("self", "request", "num_new_tokens", "num_new_computed_tokens", "new_computed_blocks",
           "num_lookahead_tokens", "num_external_computed_tokens", "delay_cache_blocks",

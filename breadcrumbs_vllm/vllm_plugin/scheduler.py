@@ -27,6 +27,7 @@ from breadcrumbs_vllm.vllm_plugin.metrics import CompressionStats
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 from breadcrumbs_vllm.vllm_plugin.plan import RequestStep, StepPlan, attach
 from breadcrumbs_vllm.vllm_plugin.report import KVLedger
+from breadcrumbs_vllm.vllm_plugin.stats_channel import StatsWriter
 
 
 class PhysicalBlockAccountant(KVCacheManager):
@@ -128,8 +129,9 @@ class BreadcrumbsScheduler(Scheduler):
 
     :meth:`add_request` resolves each request's ratio, once (``"auto"`` included);
     :meth:`_update_after_schedule` writes the step's plan for the worker (``plan.py``), from
-    which the worker derives nothing of its own; :meth:`make_stats` ships the plugin's figures
-    and :meth:`_free_request` the request's measured report (``report.py``).
+    which the worker derives nothing of its own; :meth:`make_stats` publishes the plugin's
+    figures (on its own channel, ``stats_channel.py``) and :meth:`_free_request` the request's
+    measured report (``report.py``).
 
     Invariant: ``compressed``'s keys are a subset of ``reported``'s, and both hold only
     unfinished requests; an uncompressed request passes each override after a test, and
@@ -156,7 +158,8 @@ class BreadcrumbsScheduler(Scheduler):
         #: Compressed requests whose last update put a beacon before the sample ``y``: the
         #: worker wrote ``y`` where the beacon goes.
         self._beacon_rows: set[str] = set()
-        self.compression_stats = CompressionStats()
+        self.compression_stats = CompressionStats(
+            StatsWriter(vllm_config, beacon_model.bc.ratios) if self.log_stats else None)
         self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
         #: Whether the last holdings shipped may be non-empty (so the next step ships them too).
         self._holdings_shown = False
@@ -261,29 +264,36 @@ class BreadcrumbsScheduler(Scheduler):
         return out
 
     def make_stats(self, *args, **kwargs):
-        """vLLM's step stats plus the plugin's figures, for the front end's stat logger.
+        """vLLM's step stats, as stock makes them; the plugin's figures go to its own channel
+        (``metrics.py``), read by the front end's stat logger when these stats reach it.
 
-        The projected usage ships compressed or not (a router balances on it): every step while
-        a compressed or ``"auto"`` request is unfinished, with the counts and holdings (the step
-        that frees the last one ships empty holdings, which drop the held/saved gauges to 0);
-        otherwise every :data:`PROJECTION_EVERY` steps and on the step the engine empties (so
-        it is exact at rest). With compression off, shipping it every step cost 1.5-2.3% of
-        stock's instructions per step, every 8th step about 0.5% (``loadtests/bench_instructions.py``).
+        The projected usage is published compressed or not (a router balances on it): every
+        step while a compressed or ``"auto"`` request is unfinished, with the counts and holdings
+        (the step that frees the last one publishes empty holdings, which drop the held/saved
+        gauges to 0); otherwise every :data:`PROJECTION_EVERY` steps and on the step the engine
+        empties (so it is exact at rest). With compression off, computing it every step cost
+        1.5-2.3% of stock's instructions per step, every 8th step about 0.5%
+        (``loadtests/bench_instructions.py``).
         """
         stats = super().make_stats(*args, **kwargs)
         if stats is None:  # the engine runs without stats (``log_stats``)
             return None
         if self.reported or self._holdings_shown:
             holdings = self._holdings() if self.compressed else {}
-            self.compression_stats.attach(stats, holdings, self.kv_projection().usage)
+            self.compression_stats.publish(holdings, self.kv_projection().usage)
             self._holdings_shown = bool(self.reported)
             self._unshipped_steps = 0
             return stats
         self._unshipped_steps += 1
         if self._unshipped_steps >= PROJECTION_EVERY or not self.requests:
-            self.compression_stats.attach(stats, None, self.kv_projection().usage)
+            self.compression_stats.publish(None, self.kv_projection().usage)
             self._unshipped_steps = 0
         return stats
+
+    def shutdown(self) -> None:
+        """vLLM's shutdown, then the stats channel's name goes if no front end claimed it."""
+        Scheduler.shutdown(self)
+        self.compression_stats.close()
 
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
         """vLLM's chunk size, capped at the prompt's end and the next beacon (rule 2)."""
