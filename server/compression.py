@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_KEY, resolve_ratio
+from breadcrumbs_vllm.vllm_plugin.compression import (
+    AUTO,
+    MAX_KEY,
+    RATIO_KEY,
+    resolve_ceiling,
+    resolve_ratio,
+)
 from breadcrumbs_vllm.vllm_plugin.report import KVLedger
 from server.errors import APIError
 
@@ -44,24 +50,43 @@ class RatioPolicy:
     def ratios(self) -> list[int]:
         return sorted(self.config.ratios)
 
-    def check(self, requested: object) -> Requested:
-        """The ratio the engine will run the request at (``"auto"`` still to be chosen).
+    def check(self, requested: object, maximum: object = None) -> tuple[Requested, int | None]:
+        """``(start, ceiling)``: the ratio the engine will start the request at (``"auto"``
+        still to be chosen) and, for a range, the highest it may rise to.
 
-        The JSON types come first (an integer, null, ``"auto"`` or ``"none"``); the value then
-        goes through ``resolve_ratio``, the rule vLLM's front end and the scheduler apply too,
-        so the gateway refuses exactly what the engine would, with a 400 naming the supported
-        ratios.
+        ``requested`` is what ``compression_ratio`` holds: an integer, null, ``"auto"``,
+        ``"none"`` or a range ``{"min": a, "max": b}``; ``maximum`` is a separate
+        ``compression_ratio_max`` (``vllm_xargs``' form of a range). JSON types are checked
+        first; the values then go through ``resolve_ratio`` and ``resolve_ceiling``, the rule
+        vLLM's front end and the scheduler apply too, so the gateway refuses exactly what the
+        engine would, with a 400 naming the supported ratios. ``"auto"``'s own ceiling (the
+        model's largest ratio) is the engine's to apply, so it is not returned.
         """
-        words = (AUTO, "none", "null", "off")
-        if isinstance(requested, bool) or not (
-                requested is None or isinstance(requested, int)
-                or (isinstance(requested, str) and requested.strip().lower() in words)):
-            raise APIError(400, f"compression_ratio must be an integer, null or \"auto\", not "
-                                f"{requested!r}", param="compression_ratio")
+        if isinstance(requested, dict):
+            if set(requested) - {"min", "max"} or maximum is not None:
+                raise APIError(400, "a compression_ratio range is {\"min\": a, \"max\": b}",
+                               param="compression_ratio")
+            requested, maximum = requested.get("min"), requested.get("max")
+        for value in (requested, maximum):
+            _check_type(value)
+        extra_args = {RATIO_KEY: requested, **({} if maximum is None else {MAX_KEY: maximum})}
         try:
-            return resolve_ratio({RATIO_KEY: requested}, self.config)
+            start = resolve_ratio(extra_args, self.config)
+            ceiling = resolve_ceiling(extra_args, self.config)
         except ValueError as exc:
             raise APIError(400, str(exc), param="compression_ratio") from None
+        return start, (ceiling if maximum is not None else None)
+
+
+def _check_type(value: object) -> None:
+    """400 unless ``value`` is what a ``compression_ratio`` field may hold in JSON."""
+    words = (AUTO, "none", "null", "off")
+    if isinstance(value, bool) or not (
+            value is None or isinstance(value, int)
+            or (isinstance(value, str) and value.strip().lower() in words)):
+        raise APIError(400, f"compression_ratio must be an integer, null, \"auto\" or "
+                            f"{{\"min\": a, \"max\": b}}, not {value!r}",
+                       param="compression_ratio")
 
 
 @dataclass(frozen=True)
@@ -117,22 +142,31 @@ class Generation:
         self.tokens[index] = self.tokens.get(index, 0) + num_tokens
 
     def reported(self, report: KVLedger) -> None:
-        """A finished choice's report: the ratio it ran at ("auto" resolved) and its KV."""
+        """A finished choice's report: the ratio it started at ("auto" resolved), its path and
+        its KV."""
         self.ratio = report.ratio
-        if report.ratio is not None:
+        if any(ratio is not None for _, ratio in report.path):
             self.reports.append(report)
 
     @property
     def measured(self) -> bool:
-        """Whether every choice's figures come from an engine report (uncompressed choices
-        need none: they hold their prompt and fed tokens)."""
-        return self.ratio is None or len(self.reports) == len(self.tokens)
+        """Whether every choice's figures come from an engine report (a choice that never ran
+        compressed needs none: it holds its prompt and fed tokens)."""
+        if not self.reports and self.ratio is None:
+            return True
+        return len(self.reports) == len(self.tokens)
+
+    @property
+    def path(self) -> list[list[int | None]] | None:
+        """The ratio path its choices reported (``None``: none did, or they differ)."""
+        paths = [r.path for r in self.reports]
+        return paths[0] if paths and all(p == paths[0] for p in paths) else None
 
     def savings(self, block_size: int) -> list[ChoiceSavings]:
+        if self.reports and self.measured:
+            return [reported_savings(r, block_size) for r in self.reports]
         if self.ratio == AUTO:
             return []
-        if self.ratio is not None and self.measured:
-            return [reported_savings(r, block_size) for r in self.reports]
         return [choice_savings(self.prompt_len, self.ratio, n, block_size)  # type: ignore[arg-type]
                 for n in self.tokens.values()]
 
@@ -144,6 +178,8 @@ class RequestAccount:
 
     route: str
     requested: Requested
+    #: The highest ratio a range may rise to (``None``: no range was sent).
+    ceiling: int | None = None
     generations: list[Generation] = field(default_factory=list)
 
     @property
@@ -153,15 +189,25 @@ class RequestAccount:
             return self.generations[0].ratio
         return self.requested
 
+    @property
+    def path(self) -> list[list[int | None]] | None:
+        """The ratios it ran from which generated token: a fixed ratio's is known, one that may
+        rise comes from the engine's reports (``None`` where they did not come back)."""
+        if self.requested != AUTO and self.ceiling is None:
+            return [[0, self.requested]]  # type: ignore[list-item]
+        paths = [g.path for g in self.generations]
+        return paths[0] if paths and all(p == paths[0] for p in paths) else None
+
     def usage_breadcrumbs(self, block_size: int) -> dict[str, Requested]:
         """The ``usage.breadcrumbs`` object, summed over every choice of every generation
         (the figures are ``null`` where the ratio "auto" chose never came back)."""
         if self.ratio == AUTO:
-            return {"ratio": AUTO, "beacons_inserted": None, "peak_kv_entries": None,
-                    "kv_entries_saved": None, "measured": False}
+            return {"ratio": AUTO, "ratio_path": None, "beacons_inserted": None,
+                    "peak_kv_entries": None, "kv_entries_saved": None, "measured": False}
         savings = [s for g in self.generations for s in g.savings(block_size)]
         return {
             "ratio": self.ratio,
+            "ratio_path": self.path,
             "beacons_inserted": sum(s.beacons for s in savings),
             "peak_kv_entries": sum(s.peak_entries for s in savings),
             "kv_entries_saved": sum(s.entries_saved for s in savings),

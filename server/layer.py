@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RATIO_KEY, ratio_xargs
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, MAX_KEY, RATIO_KEY, ratio_xargs
 from breadcrumbs_vllm.vllm_plugin.report import read_report
 from server import metrics
 from server.compression import CURRENT_ACCOUNT, Generation, RatioPolicy, RequestAccount
@@ -74,9 +74,9 @@ class CompressionLayer:
             return
         label, cap_fields = route
         try:
-            account = RequestAccount(label, self._take_ratio(body))
+            account = RequestAccount(label, *self._take_ratio(body))
             self._apply_caps(body, cap_fields)
-            _refuse_what_cannot_compress(body, account.requested)
+            _refuse_what_cannot_compress(body, account)
             if label == "chat":
                 _refuse_unknown_roles(body)
             if label == "responses":
@@ -87,7 +87,8 @@ class CompressionLayer:
         if not self.backend.fills_account and (body.get("n") or 1) > 1 and label != "responses":
             body["return_token_ids"] = True  # each choice's count, for usage.breadcrumbs
         xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
-        body["vllm_xargs"] = {**xargs, **ratio_xargs(account.requested)}
+        xargs = {k: v for k, v in xargs.items() if k != MAX_KEY}
+        body["vllm_xargs"] = {**xargs, **ratio_xargs(account.requested, account.ceiling)}
         scope.setdefault("state", {})["ratio"] = metrics.ratio_label(account.ratio)
         scope["state"]["route"] = label  # the remote forwarder's latency metrics use it
         token = CURRENT_ACCOUNT.set(account)
@@ -104,15 +105,17 @@ class CompressionLayer:
             self._count(account)
 
     def _take_ratio(self, body: dict[str, Any]):
-        """The requested ratio: top-level field first, then ``vllm_xargs``, else the model's
-        default; removed from the body (vLLM would warn about an unknown top-level field)."""
-        requested = body.pop(RATIO_KEY, _UNSET)
+        """``(start, ceiling)`` of the requested ratio: top-level field first, then
+        ``vllm_xargs`` (where a range is ``compression_ratio`` and ``compression_ratio_max``),
+        else the model's default; removed from the body (vLLM would warn about an unknown
+        top-level field)."""
+        requested, maximum = body.pop(RATIO_KEY, _UNSET), None
         xargs = body.get("vllm_xargs")
         if requested is _UNSET and isinstance(xargs, dict):
-            requested = xargs.get(RATIO_KEY, _UNSET)
+            requested, maximum = xargs.get(RATIO_KEY, _UNSET), xargs.get(MAX_KEY)
         if requested is _UNSET:
             requested = self.policy.config.default_ratio
-        return self.policy.check(requested)
+        return self.policy.check(requested, maximum)
 
     def _apply_caps(self, body: dict[str, Any], cap_fields: tuple[str, ...]) -> None:
         s = self.settings
@@ -177,13 +180,15 @@ class CompressionLayer:
             metrics.GENERATED_TOKENS.labels(account.route).inc(sum(generation.tokens.values()))
 
 
-def _refuse_what_cannot_compress(body: dict[str, Any], requested) -> None:
-    """400 for request fields that cannot work together with compression.
+def _refuse_what_cannot_compress(body: dict[str, Any], account: RequestAccount) -> None:
+    """400 for request fields that cannot work together with compression (one that may start
+    uncompressed and rise included).
 
     Beam search builds its own ``SamplingParams`` for every beam step (``vllm_xargs`` do not
     reach them), so a compressed beam search would silently run uncompressed.
     """
-    if requested is not None and body.get("use_beam_search"):
+    compressed = account.requested is not None or account.ceiling is not None
+    if compressed and body.get("use_beam_search"):
         raise APIError(400, "use_beam_search cannot be combined with compression (vLLM's beam "
                             "search drops the request's compression_ratio); send "
                             "compression_ratio null", param="use_beam_search")

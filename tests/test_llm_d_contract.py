@@ -339,14 +339,15 @@ def test_plugin_exposition_meets_the_contract() -> None:
     """The projected gauge as the plugin's own metrics class writes it for two engines (the
     vLLM half of the page hand-written) passes, and one engine's only does not."""
     from breadcrumbs_vllm.vllm_plugin.metrics import PrometheusCompressionMetrics
+    from breadcrumbs_vllm.vllm_plugin.stats_channel import RatioFigures, Snapshot
 
     registry = CollectorRegistry()
     metrics = PrometheusCompressionMetrics(registry)
-    step = {"beacons": {"8": 2}, "evicted": {"8": 16}, "freed": {"8": 1},
-            "holdings": {"8": [3, 5]}, "projected": 0.4}
-    metrics.apply(step, "countdown-student", "0")
+    counts = {"beacons": 2, "evicted": 16, "freed": 1}
+    step = Snapshot(0.4, {8: RatioFigures(counts, 3, 5, True)}, {(None, 8): 1}, {"yes": 1})
+    metrics.apply(step, {}, "countdown-student", "0")
     vllm_half = _page(engines=2, drop=PROJECTED, near_misses=False)
     with pytest.raises(AssertionError, match=PROJECTED):
         assert_llm_d_metrics_contract(vllm_half + generate_latest(registry).decode(), engines=2)
-    metrics.apply(step, "countdown-student", "1")
+    metrics.apply(step, {}, "countdown-student", "1")
     assert_llm_d_metrics_contract(vllm_half + generate_latest(registry).decode(), engines=2)

@@ -12,8 +12,10 @@ from breadcrumbs_vllm.vllm_plugin import patches
 from breadcrumbs_vllm.vllm_plugin.compression import (
     RequestCompression,
     cdiv,
+    resolve_ceiling,
     resolve_ratio,
 )
+from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, Riser, escalate
 from breadcrumbs_vllm.vllm_plugin.offline import kv_figures
 
 
@@ -46,6 +48,31 @@ def test_resolve_ratio_default_none_and_unsupported():
     assert resolve_ratio({"compression_ratio": " Auto"}, bc) == "auto"
     with pytest.raises(ValueError, match="supported: 2, 4, 8, 16"):
         resolve_ratio({"compression_ratio": 32}, bc)
+
+
+def test_ratios_that_may_rise_and_bad_ranges():
+    bc = BreadcrumbsConfig(beacon_token_id=4, ratios=[2, 4, 8, 16], default_ratio=8)
+    def both(extra_args):
+        return resolve_ratio(extra_args, bc), resolve_ceiling(extra_args, bc)
+    assert both(None) == (8, None) and both({"compression_ratio": 4}) == (4, None)
+    assert both({"compression_ratio": "auto"}) == ("auto", 16)
+    assert both({"compression_ratio": {"min": 4, "max": 16}}) == (4, 16)
+    assert both({"compression_ratio": 4, "compression_ratio_max": 8}) == (4, 8)
+    assert both({"compression_ratio": {"min": None, "max": 8}}) == (None, 8)
+    for bad in ({"min": 16, "max": 4}, {"min": 4, "max": 5}, {"min": 3, "max": 16}):
+        with pytest.raises(ValueError, match="2, 4, 8, 16"):
+            resolve_ratio({"compression_ratio": bad}, bc)
+
+
+def test_escalation_takes_the_largest_growth_first_until_under_target():
+    risers = [Riser("small", 100, 90, 8), Riser("big", 1000, 400, 8),
+              Riser("useless", 500, 500, 16), Riser("mid", 600, 300, 4)]
+    projection = KVProjection(used=0.5, growth_tokens=2200, capacity_tokens=2000)  # 1.6
+    chosen = [r.request_id for r in escalate(risers, projection, target=0.9)]
+    assert chosen == ["big", "mid"]  # 1.6 - 0.3 - 0.15 = 1.15 > 0.9: "useless" saves nothing
+    assert escalate(risers, KVProjection(0.1, 0, 2000), target=0.9) == []
+    everything = escalate(risers, projection, target=0.0)
+    assert [r.request_id for r in everything] == ["big", "mid", "small"]
 
 
 @pytest.mark.parametrize("prompt_len,ratio", [(5, 2), (33, 4), (64, 16)])

@@ -74,7 +74,7 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
 def expected_breadcrumbs(prompt_len: int, ratio: int | None, generated: int) -> dict:
     fed = generated - 1  # the token that ends a generation is never fed
     s = BeaconSchedule(prompt_len, ratio)
-    return {"ratio": ratio, "beacons_inserted": s.num_beacons_fed(fed),
+    return {"ratio": ratio, "ratio_path": [[0, ratio]], "beacons_inserted": s.num_beacons_fed(fed),
             "peak_kv_entries": s.peak_kv_entries(fed),
             "kv_entries_saved": prompt_len + fed - s.kv_entries(fed), "measured": True}
 
@@ -109,6 +109,19 @@ def test_chat_with_ratio_reports_breadcrumbs_usage(server, client):
     assert (metric(after, "breadcrumbs_gateway_e2e_seconds_count", route="chat")
             == metric(before, "breadcrumbs_gateway_e2e_seconds_count", route="chat") + 1)
     assert metric(after, "vllm:prompt_tokens_total") > 0  # vLLM's own metrics are served too
+
+
+def test_a_range_reports_the_path_it_ran(client):
+    """A range starts at its minimum and may rise to its maximum under KV pressure; the answer
+    says which ratios it ran, from which generated token."""
+    resp = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=30,
+        temperature=0, extra_body={"compression_ratio": {"min": 4, "max": 16},
+                                   "ignore_eos": True})
+    crumbs = resp.usage.model_extra["breadcrumbs"]
+    path = crumbs["ratio_path"]
+    assert crumbs["ratio"] == 4 and path[0] == [0, 4] and crumbs["measured"]
+    assert [c for _, c in path] == sorted({c for _, c in path}) and path[-1][1] <= 16
 
 
 def test_plugin_beacon_count_matches_usage(server, client):
@@ -175,6 +188,10 @@ def test_completions_streaming_and_auto_ratio(client):
     ({"compression_ratio": "8"}, 400, "compression_ratio"),
     ({"compression_ratio": True}, 400, "compression_ratio"),
     ({"vllm_xargs": {"compression_ratio": 5}}, 400, "compression_ratio"),
+    ({"compression_ratio": {"min": 16, "max": 4}}, 400, "compression_ratio"),
+    ({"compression_ratio": {"min": 4, "max": 32}}, 400, "compression_ratio"),
+    ({"vllm_xargs": {"compression_ratio": 8, "compression_ratio_max": 4}}, 400,
+     "compression_ratio"),
     ({"max_tokens": 257}, 400, "max_tokens"),
     ({"max_tokens": 0}, 400, "max_tokens"),
     ({"n": 4}, 400, "n"),
@@ -195,8 +212,8 @@ def test_bad_input_gets_openai_error(server, body, status, param):
     if param is not None:
         assert error["param"] is not None and param in error["param"]
     ratio = body.get("compression_ratio", body.get("vllm_xargs", {}).get("compression_ratio"))
-    if type(ratio) is int:
-        assert "supported: 2, 4, 8, 16" in error["message"]
+    if type(ratio) in (int, dict):
+        assert "2, 4, 8, 16" in error["message"]
 
 
 def test_eager_cpu_engine_runs_in_process_and_leaves_the_environment(server, monkeypatch):

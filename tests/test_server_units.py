@@ -59,10 +59,15 @@ def test_projected_usage_adds_the_remaining_growth_over_the_pool():
 
 def test_explicit_ratios_are_checked_against_the_model():
     policy = RatioPolicy(CONFIG)
-    assert policy.check(8) == 8 and policy.check("auto") == "auto"
-    assert policy.check(0) is None and policy.check("none") is None
-    for bad in (3, 1, -2, 32):
-        with pytest.raises(APIError, match="supported: 2, 4, 8, 16") as info:
+    assert policy.check(8) == (8, None) and policy.check("auto") == ("auto", None)
+    assert policy.check(0) == (None, None) and policy.check("none") == (None, None)
+    assert policy.check({"min": 4, "max": 16}) == (4, 16) == policy.check(4, 16)
+    for bad in (3, 1, -2, 32, {"min": 16, "max": 4}, {"min": 4, "max": 32}):
+        with pytest.raises(APIError, match="2, 4, 8, 16") as info:
+            policy.check(bad)
+        assert info.value.status == 400
+    for bad in ("8", {"min": 4, "max": 16, "step": 2}, {"min": [4]}):
+        with pytest.raises(APIError, match="compression_ratio") as info:
             policy.check(bad)
         assert info.value.status == 400
 
@@ -129,8 +134,8 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
         resp = client.post("/v1/completions", json=body)
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["breadcrumbs"] == {  # a completions answer has no report
-            "ratio": 8, "beacons_inserted": 1, "peak_kv_entries": 14, "kv_entries_saved": 7,
-            "measured": False}
+            "ratio": 8, "ratio_path": None, "beacons_inserted": 1, "peak_kv_entries": 14,
+            "kv_entries_saved": 7, "measured": False}
         path, sent = fake.bodies[-1]
         assert path == "/v1/completions" and sent["vllm_xargs"] == {"compression_ratio": 8}
         assert "compression_ratio" not in sent and sent["logprobs"] == 2 and sent["some_vllm_field"]
@@ -153,14 +158,14 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
         resp = client.post("/v1/completions", json={**body, "compression_ratio": "auto"})
         assert fake.bodies[-1][1]["vllm_xargs"] == {"compression_ratio": "auto"}
         assert resp.json()["usage"]["breadcrumbs"] == {
-            "ratio": "auto", "beacons_inserted": None, "peak_kv_entries": None,
-            "kv_entries_saved": None, "measured": False}
+            "ratio": "auto", "ratio_path": None, "beacons_inserted": None,
+            "peak_kv_entries": None, "kv_entries_saved": None, "measured": False}
         chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                 "max_tokens": 13, "compression_ratio": "auto"}
         resp = client.post("/v1/chat/completions", json=chat)
         assert resp.json()["usage"]["breadcrumbs"] == {
-            "ratio": 2, "beacons_inserted": 5, "peak_kv_entries": 12, "kv_entries_saved": 5,
-            "measured": True}
+            "ratio": 2, "ratio_path": [[0, 2]], "beacons_inserted": 5, "peak_kv_entries": 12,
+            "kv_entries_saved": 5, "measured": True}
         assert client.get("/get_load").json() == {"load": 42}  # the upstream's own
 
         fake.healthy = False

@@ -22,6 +22,19 @@ then the supported ratios in increasing order -- whose peak keeps
 ratio with the smallest peak (for a short request a huge ratio can peak higher than a middling
 one, because a whole window is held before its beacon). So an idle engine answers uncompressed
 and compression rises with load: a busy engine degrades memory before it queues.
+
+**Escalation** (issue 42; the paper's first open question): a request that may rise -- sent with
+``"auto"`` (up to the model's largest ratio) or a range ``{"min": a, "max": b}`` (up to ``b``);
+an integer ratio never changes -- gets longer windows from its next window boundary on, so it
+grows by ``1/c'`` of its tokens instead of ``1/c``. At the start of every step, and before vLLM
+preempts a request, the scheduler checks ``projected`` against the target (before a preemption:
+against 0, so every request that may rise does). Over it, :func:`escalate` takes the requests
+that may rise by their remaining growth, largest first, and raises each to its next supported
+ratio (an uncompressed one to the smallest), subtracting what each saves from the projection,
+until the projection is back under the target or none is left; vLLM preempts only when the pool
+is still short (a rise slows growth, it frees no block at once). One rise per request per step;
+the next step may raise it again, up to its maximum. Ratios never fall.
+``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off.
 """
 
 from __future__ import annotations
@@ -34,6 +47,9 @@ from breadcrumbs_vllm.spec import BeaconSchedule
 #: ``additional_config`` key that sets the "auto" target, and its default.
 TARGET_KEY = "breadcrumbs_kv_target"
 DEFAULT_TARGET = 0.8
+#: ``additional_config`` key that turns escalation off (``false``): every ratio is then fixed
+#: at admission, "auto" included.
+ESCALATION_KEY = "breadcrumbs_escalation"
 
 
 @dataclass(frozen=True)
@@ -62,3 +78,27 @@ def choose_ratio(ratios: Sequence[int], prompt_len: int, max_tokens: int,
         if projection.usage + share <= target:
             return candidate
     return min(ratios, key=lambda c: (peaks[c], c)) if ratios else None
+
+
+@dataclass(frozen=True)
+class Riser:
+    """A request that may rise one step: its remaining growth now and after the rise (tokens)."""
+
+    request_id: str
+    growth: int
+    growth_raised: int
+    to_ratio: int
+
+
+def escalate(risers: Sequence[Riser], projection: KVProjection, target: float) -> list[Riser]:
+    """The requests to raise one step, largest remaining growth first, until the projected
+    usage is at or under ``target`` (each raise lowers it by what that request saves)."""
+    usage, chosen = projection.usage, []
+    for riser in sorted(risers, key=lambda r: (-r.growth, r.request_id)):
+        if usage <= target or projection.capacity_tokens <= 0:
+            break
+        saved = riser.growth - riser.growth_raised
+        if saved > 0:
+            chosen.append(riser)
+            usage -= saved / projection.capacity_tokens
+    return chosen

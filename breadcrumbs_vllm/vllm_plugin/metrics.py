@@ -46,7 +46,9 @@ class CompressionStats:
 
     def __init__(self, writer: StatsWriter | None = None) -> None:
         self.writer = writer
-        self.totals: dict[str, Tally[int]] = {name: Tally() for name in COUNTS}
+        self.totals: dict[str, Tally] = {name: Tally() for name in COUNTS}
+        self.totals["escalations"] = Tally()  # (from, to) -> count
+        self.totals["preemptions"] = Tally()  # "yes" / "no": could a request still rise?
 
     def beacon_inserted(self, ratio: int) -> None:
         self.totals["beacons"][ratio] += 1
@@ -54,6 +56,12 @@ class CompressionStats:
 
     def blocks_freed(self, ratio: int, count: int) -> None:
         self.totals["freed"][ratio] += count
+
+    def escalated(self, from_ratio: int | None, to_ratio: int) -> None:
+        self.totals["escalations"][(from_ratio, to_ratio)] += 1
+
+    def preempted(self, could_rise: bool) -> None:
+        self.totals["preemptions"]["yes" if could_rise else "no"] += 1
 
     def publish(self, holdings: dict[int, tuple[int, int]] | None, projected: float) -> None:
         """Write the totals, ``holdings`` and ``projected`` for the front end's stat logger.
@@ -95,6 +103,14 @@ class PrometheusCompressionMetrics:
         self.saved = Gauge("breadcrumbs_kv_blocks_saved",
                            "Blocks the compressed requests would hold uncompressed minus held",
                            labels, registry=registry)
+        self.escalations = Counter(
+            "breadcrumbs_ratio_escalations", "Requests whose ratio rose under KV pressure "
+            "(kv_budget.py); from is 'none' for one that started uncompressed",
+            ["model_name", "engine", "from", "to"], registry=registry)
+        self.preemptions = Counter(
+            "breadcrumbs_preemptions", "Preemptions in a beacon engine; could_rise says whether "
+            "any request could still rise when vLLM preempted",
+            ["model_name", "engine", "could_rise"], registry=registry)
         self.projected = Gauge(
             "breadcrumbs_kv_cache_usage_projected_perc",
             "KV usage projected over the unfinished requests' remaining growth (kv_budget.py): "
@@ -107,22 +123,34 @@ class PrometheusCompressionMetrics:
             cls._instance = cls()
         return cls._instance
 
-    def apply(self, snapshot: Snapshot, counted: dict[tuple[str, int], int], model_name: str,
+    def apply(self, snapshot: Snapshot, counted: dict[tuple, int], model_name: str,
               engine: str) -> None:
         """Bring one engine's series up to ``snapshot``; ``counted`` holds the cumulative counts
-        already added (per name and ratio), and is updated."""
+        already added (per series key), and is updated."""
         if snapshot.projected is not None:
             self.projected.labels(model_name, engine).set(snapshot.projected)
         for ratio, figures in snapshot.ratios.items():
             for name, total in figures.counts.items():
-                gained = total - counted.get((name, ratio), 0)
-                if gained > 0:
-                    self.counters[name].labels(model_name, engine, str(ratio)).inc(gained)
-                    counted[(name, ratio)] = total
+                _advance(self.counters[name].labels(model_name, engine, str(ratio)),
+                         (name, ratio), total, counted)
             if figures.shown:  # a ratio with no live request drops to 0
                 self.held.labels(model_name, engine, str(ratio)).set(figures.held)
                 self.saved.labels(model_name, engine, str(ratio)).set(
                     figures.uncompressed - figures.held)
+        for (low, high), total in snapshot.escalations.items():
+            _advance(self.escalations.labels(model_name, engine, str(low).lower(), str(high)),
+                     ("escalations", low, high), total, counted)
+        for could_rise, total in snapshot.preemptions.items():
+            _advance(self.preemptions.labels(model_name, engine, could_rise),
+                     ("preemptions", could_rise), total, counted)
+
+
+def _advance(series: Any, key: tuple, total: int, counted: dict[tuple, int]) -> None:
+    """Increment a counter ``series`` by what its cumulative ``total`` gained since last time."""
+    gained = total - counted.get(key, 0)
+    if gained > 0:
+        series.inc(gained)
+        counted[key] = total
 
 
 class BreadcrumbsStatLogger(StatLoggerBase):
@@ -142,7 +170,7 @@ class BreadcrumbsStatLogger(StatLoggerBase):
         self.model_name = str(getattr(model_config, "served_model_name", "") or "")
         beacon = BeaconModel.from_model_config(model_config) is not None
         self.reader = StatsReader(vllm_config, engine_index) if beacon else None
-        self._counted: dict[tuple[str, int], int] = {}
+        self._counted: dict[tuple, int] = {}
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:

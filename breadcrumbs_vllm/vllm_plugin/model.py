@@ -6,7 +6,11 @@ from typing import Any
 
 from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
 from breadcrumbs_vllm.spec import BeaconSchedule
-from breadcrumbs_vllm.vllm_plugin.compression import RequestCompression, resolve_ratio
+from breadcrumbs_vllm.vllm_plugin.compression import (
+    RequestCompression,
+    resolve_ceiling,
+    resolve_ratio,
+)
 
 
 class BeaconModel:
@@ -29,11 +33,16 @@ class BeaconModel:
         which carry none): a supported ratio, ``None`` or ``"auto"``; ``ValueError`` otherwise."""
         return resolve_ratio(params.extra_args if params is not None else None, self.bc)
 
-    def at_ratio(self, prompt_len: int, ratio: int | None,
-                 max_tokens: int) -> RequestCompression | None:
-        """The compression state of a request the scheduler admitted at ``ratio``; ``None``
-        when it runs uncompressed."""
+    def ceiling(self, params: Any) -> int | None:
+        """The highest ratio the request may rise to while it runs (``None``: never changes)."""
+        return resolve_ceiling(params.extra_args if params is not None else None, self.bc)
+
+    def at_ratio(self, prompt_len: int, ratio: int | None, max_tokens: int,
+                 offset: int = 0) -> RequestCompression | None:
+        """The compression state of a request the scheduler runs at ``ratio`` from generated
+        token ``offset`` on (0: from its start); ``None`` when it runs uncompressed."""
         if ratio is None:
             return None
-        return RequestCompression(BeaconSchedule(prompt_len, ratio), self.bc.beacon_token_id,
-                                  max_tokens=max_tokens)
+        return RequestCompression(BeaconSchedule(prompt_len + offset, ratio),
+                                  self.bc.beacon_token_id, offset=offset,
+                                  max_tokens=max_tokens - offset)

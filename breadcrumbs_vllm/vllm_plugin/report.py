@@ -13,7 +13,7 @@ eviction shows up in the answer (and in ``tests/test_server_api.py``, which comp
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: The ``kv_transfer_params`` key of a finished request's report.
@@ -24,8 +24,11 @@ REPORT_KEY = "breadcrumbs"
 class KVLedger:
     """One request's compression as the engine ran it."""
 
-    #: The ratio it ran at (``None``: ``"auto"`` chose no compression).
+    #: The ratio it started at (``None``: ``"auto"`` chose no compression).
     ratio: int | None
+    #: ``[generated tokens, ratio]`` from which each ratio ran: ``[[0, 4], [212, 16]]`` rose
+    #: from 4 to 16 after 212 generated tokens (``kv_budget.escalate``).
+    path: list[list[int | None]] = field(default_factory=list)
     #: Beacons it fed (each counted once: a replay after preemption feeds none anew).
     beacons: int = 0
     #: Tokens it fed, beacons included (its logical length in the KV cache's terms).
@@ -59,4 +62,6 @@ def read_report(kv_params: dict[str, Any] | None) -> KVLedger | None:
     raw = (kv_params or {}).get(REPORT_KEY)
     if not isinstance(raw, dict) or "ratio" not in raw:
         return None
-    return KVLedger(**{k: raw[k] for k in KVLedger.__dataclass_fields__ if k in raw})
+    report = KVLedger(**{k: raw[k] for k in KVLedger.__dataclass_fields__ if k in raw})
+    report.path = report.path or [[0, report.ratio]]
+    return report

@@ -19,9 +19,12 @@ from vllm.v1.request import Request
 from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression
 from breadcrumbs_vllm.vllm_plugin.kv_budget import (
     DEFAULT_TARGET,
+    ESCALATION_KEY,
     TARGET_KEY,
     KVProjection,
+    Riser,
     choose_ratio,
+    escalate,
 )
 from breadcrumbs_vllm.vllm_plugin.metrics import CompressionStats
 from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
@@ -146,9 +149,11 @@ class BreadcrumbsScheduler(Scheduler):
         if beacon_model is None:
             raise ValueError("breadcrumbs: BreadcrumbsScheduler serves beacon models only")
         self.beacon_model = beacon_model
-        extra = vllm_config.additional_config
-        self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET)
-                               if isinstance(extra, dict) else DEFAULT_TARGET)
+        extra = vllm_config.additional_config if isinstance(vllm_config.additional_config,
+                                                             dict) else {}
+        self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET))
+        #: Whether requests that may rise do (``kv_budget.ESCALATION_KEY``).
+        self.escalation = bool(extra.get(ESCALATION_KEY, True))
         self.compressed: dict[str, RequestCompression] = {}
         #: What each compressed or ``"auto"`` request reports when it finishes.
         self.reported: dict[str, KVLedger] = {}
@@ -158,6 +163,10 @@ class BreadcrumbsScheduler(Scheduler):
         #: Compressed requests whose last update put a beacon before the sample ``y``: the
         #: worker wrote ``y`` where the beacon goes.
         self._beacon_rows: set[str] = set()
+        #: Unfinished requests that may still rise, with the highest ratio each may reach.
+        self.risers: dict[str, int] = {}
+        #: Requests that rose during the current step (one rise each per step).
+        self._risen: set[str] = set()
         self.compression_stats = CompressionStats(
             StatsWriter(vllm_config, beacon_model.bc.ratios) if self.log_stats else None)
         self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
@@ -171,16 +180,98 @@ class BreadcrumbsScheduler(Scheduler):
     def add_request(self, request: Request) -> None:
         """Resolve the request's ratio: the one place the engine does (``"auto"`` from this
         engine's projected KV usage); the plan carries it to the worker."""
-        ratio = self.beacon_model.requested(request.sampling_params)
+        req_id, params = request.request_id, request.sampling_params
+        ratio = self.beacon_model.requested(params)
+        ceiling = self.beacon_model.ceiling(params)
         if ratio == AUTO:
             ratio = choose_ratio(self.beacon_model.bc.ratios, request.num_prompt_tokens,
                                  request.max_tokens, self.kv_projection(), self.kv_target)
-            self.reported[request.request_id] = KVLedger(ratio)
         comp = self.beacon_model.at_ratio(request.num_prompt_tokens, ratio, request.max_tokens)
         if comp is not None:
-            self.compressed[request.request_id] = comp
-            self.reported[request.request_id] = KVLedger(comp.ratio)
+            self.compressed[req_id] = comp
+        if self.escalation and ceiling is not None and (ratio is None or ratio < ceiling):
+            self.risers[req_id] = ceiling
+        if comp is not None or ceiling is not None:
+            self.reported[req_id] = KVLedger(ratio, path=[[0, ratio]])
         super().add_request(request)
+
+    def schedule(self, *args, **kwargs):
+        """vLLM's step, after raising ratios if the projected KV usage passed the target."""
+        if self.risers:
+            self._risen.clear()
+            self._escalate(self.kv_target)
+        return Scheduler.schedule(self, *args, **kwargs)
+
+    def _preempt_request(self, request, *args, **kwargs):
+        """vLLM's preemption, after every request that may rise rose one step (it slows their
+        growth; it frees no block at once, so the preemption still happens)."""
+        if self.risers:
+            self._escalate(0.0)
+        self.compression_stats.preempted(could_rise=bool(self.risers))
+        return Scheduler._preempt_request(self, request, *args, **kwargs)
+
+    def raise_ratio(self, req_id: str) -> bool:
+        """Raise ``req_id`` one step now, whatever the KV usage; ``False`` if it may not rise
+        (further). What escalation does to each request it picks."""
+        riser = self._riser(req_id) if req_id in self.risers else None
+        if riser is not None:
+            self._raise(riser)
+        return riser is not None
+
+    def _escalate(self, target: float) -> None:
+        """Raise the ratios ``kv_budget.escalate`` picks (one step each)."""
+        projection = self.kv_projection()
+        if projection.usage <= target:
+            return
+        risers = [r for r in map(self._riser, [i for i in self.risers if i not in self._risen])
+                  if r is not None]
+        for riser in escalate(risers, projection, target):
+            self._raise(riser)
+
+    def _riser(self, req_id: str) -> Riser | None:
+        """What raising ``req_id`` one step would save; ``None`` past its maximum."""
+        request = self.requests[req_id]
+        comp = self.compressed.get(req_id)
+        ratios = sorted(self.beacon_model.bc.ratios)
+        to = next((c for c in ratios if comp is None or c > comp.ratio), None)
+        if to is None or to > self.risers[req_id]:
+            del self.risers[req_id]
+            return None
+        raised = self._raised(request, comp, to)
+        return Riser(req_id, self._growth(request, comp), self._growth(request, raised), to)
+
+    def _raised(self, request: Request, comp: RequestCompression | None,
+                to: int) -> RequestCompression:
+        """``request`` with windows of ``to`` from its next window boundary on."""
+        if comp is None:  # its generated tokens so far are kept like its prompt
+            return self.beacon_model.at_ratio(request.num_prompt_tokens, to, request.max_tokens,
+                                              offset=request.num_output_tokens)
+        return comp.rise(request.num_output_tokens, to)
+
+    @staticmethod
+    def _growth(request: Request, comp: RequestCompression | None) -> int:
+        """KV entries ``request`` may still add before ``max_tokens`` ends it."""
+        if comp is None:
+            left = request.num_prompt_tokens + request.max_tokens - request.num_computed_tokens
+        else:
+            left = comp.peak_entries - comp.physical_start(request.num_computed_tokens)
+        return max(left, 0)
+
+    def _raise(self, riser: Riser) -> None:
+        req_id = riser.request_id
+        request, comp = self.requests[req_id], self.compressed.get(req_id)
+        raised = self._raised(request, comp, riser.to_ratio)
+        self.compressed[req_id] = raised
+        switch = raised.offset + raised.schedule.path[-1][0]
+        path = self.reported[req_id].path
+        if path[-1][0] == switch:  # no token generated at the ratio it replaces
+            path[-1][1] = riser.to_ratio
+        else:
+            path.append([switch, riser.to_ratio])
+        self.compression_stats.escalated(None if comp is None else comp.ratio, riser.to_ratio)
+        self._risen.add(req_id)
+        if riser.to_ratio >= self.risers[req_id]:
+            del self.risers[req_id]
 
     def _update_after_schedule(self, scheduler_output) -> None:
         """vLLM's update, after the step's plan went onto ``scheduler_output``: blocks are
@@ -258,7 +349,8 @@ class BreadcrumbsScheduler(Scheduler):
             if request is None or held == 0:
                 continue
             block_size = self.kv_cache_manager.kv_block_size
-            uncompressed = -(-(comp.prompt_len + request.num_output_tokens) // block_size)
+            uncompressed = -(-(request.num_prompt_tokens + request.num_output_tokens)
+                             // block_size)
             h, u = out.get(comp.ratio, (0, 0))
             out[comp.ratio] = (h + held, u + uncompressed)
         return out
@@ -325,7 +417,8 @@ class BreadcrumbsScheduler(Scheduler):
             if comp.schedule.is_beacon(request.num_tokens):
                 request._all_token_ids.append(comp.beacon_id)
                 self._beacon_rows.add(request.request_id)
-                self.compression_stats.beacon_inserted(comp.ratio)
+                self.compression_stats.beacon_inserted(
+                    comp.window_ratio(request.num_output_tokens))
         return Scheduler._update_request_with_output(self, request, new_token_ids, is_stale)
 
     def _free_request(self, request: Request, *args, **kwargs):
@@ -333,6 +426,7 @@ class BreadcrumbsScheduler(Scheduler):
         vLLM's chat completions answer carries), then forget it."""
         kv_params, ec_params = super()._free_request(request, *args, **kwargs)
         req_id = request.request_id
+        self.risers.pop(req_id, None)
         comp = self.compressed.pop(req_id, None)
         if comp is not None:
             self._in_batch.discard(req_id)

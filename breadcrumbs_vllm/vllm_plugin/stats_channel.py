@@ -52,11 +52,15 @@ from typing import Any
 DIRECTORY = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 PREFIX = "breadcrumbs"
 MAGIC = b"BCS1"
-#: magic, number of ratios, seq (odd while writing), projected shown (0/1), projected usage.
-HEADER = struct.Struct("<4sIQQd")
+#: magic, number of ratios, seq (odd while writing), projected shown (0/1), projected usage,
+#: preemptions while a request could still rise, preemptions while none could (cumulative).
+HEADER = struct.Struct("<4sIQQdQQ")
 #: Per ratio: ratio, beacons, evicted, freed (cumulative); held, uncompressed, shown (gauges).
 RATIO = struct.Struct("<7q")
 COUNTS = ("beacons", "evicted", "freed")
+#: After the ratio records: escalations from each of (none, ratio 1..n) to each ratio 1..n,
+#: cumulative, row by row (``ESCALATION`` per cell).
+ESCALATION = struct.Struct("<q")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ class Snapshot:
 
     projected: float | None
     ratios: dict[int, RatioFigures]
+    #: ``{(from, to): count}``, cumulative; ``from`` is ``None`` for an uncompressed start.
+    escalations: dict[tuple[int | None, int], int]
+    #: Preemptions, cumulative: ``{"yes": while a request could still rise, "no": while
+    #: none could}``.
+    preemptions: dict[str, int]
 
 
 def _instance(vllm_config: Any, engine: int) -> str:
@@ -125,7 +134,8 @@ class StatsWriter:
         self.path = directory / _name(os.getppid(), os.getpid(), engine,
                                       _instance(vllm_config, engine))
         self.ratios = list(ratios)
-        size = HEADER.size + RATIO.size * len(self.ratios)
+        size = (HEADER.size + RATIO.size * len(self.ratios)
+                + ESCALATION.size * (len(self.ratios) + 1) * len(self.ratios))
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -136,20 +146,26 @@ class StatsWriter:
         self._unlink = weakref.finalize(self, _unlink_quietly, self.path)
         self._write(None, {})
 
-    def publish(self, totals: dict[str, dict[int, int]],
-                holdings: dict[int, tuple[int, int]] | None, projected: float) -> None:
-        """Write the cumulative ``totals`` (``{"beacons": {ratio: n}, ...}``), the projected
-        usage and, unless ``None`` (nothing compressed since they last dropped to 0), the
-        holdings ``{ratio: (held, uncompressed)}``."""
+    def publish(self, totals: dict[str, Any], holdings: dict[int, tuple[int, int]] | None,
+                projected: float) -> None:
+        """Write the cumulative ``totals`` (``{"beacons": {ratio: n}, ..., "escalations":
+        {(from, to): n}, "preemptions": {"yes": n, "no": n}}``), the projected usage and,
+        unless ``None`` (nothing compressed since they last dropped to 0), the holdings
+        ``{ratio: (held, uncompressed)}``."""
         self._write(projected, totals, holdings)
 
-    def _write(self, projected: float | None, totals: dict[str, dict[int, int]],
+    def _header(self, projected: float | None, totals: dict[str, Any]) -> None:
+        preempted = totals.get("preemptions", {})
+        HEADER.pack_into(self._map, 0, MAGIC, len(self.ratios), self._seq,
+                         projected is not None, projected or 0.0, preempted.get("yes", 0),
+                         preempted.get("no", 0))
+
+    def _write(self, projected: float | None, totals: dict[str, Any],
                holdings: dict[int, tuple[int, int]] | None = None) -> None:
         buf = self._map
         old = self._ratio_records() if self._seq else {}
         self._seq += 1  # odd: a reader that sees it retries
-        HEADER.pack_into(buf, 0, MAGIC, len(self.ratios), self._seq, projected is not None,
-                         projected or 0.0)
+        self._header(projected, totals)
         for i, ratio in enumerate(self.ratios):
             held, uncompressed, shown = old.get(ratio, (0, 0, 0))
             if holdings is not None:
@@ -158,9 +174,12 @@ class StatsWriter:
             counts = [totals.get(name, {}).get(ratio, 0) for name in COUNTS]
             RATIO.pack_into(buf, HEADER.size + i * RATIO.size, ratio, *counts, held,
                             uncompressed, shown)
+        escalations = totals.get("escalations", {})
+        for cell, pair in enumerate(_pairs(self.ratios)):
+            ESCALATION.pack_into(buf, _escalation_offset(len(self.ratios), cell),
+                                 escalations.get(pair, 0))
         self._seq += 1
-        HEADER.pack_into(buf, 0, MAGIC, len(self.ratios), self._seq, projected is not None,
-                         projected or 0.0)
+        self._header(projected, totals)
 
     def _ratio_records(self) -> dict[int, tuple[int, int, int]]:
         out = {}
@@ -230,14 +249,29 @@ class StatsReader:
             if self._map is None:
                 return None
         for _ in range(3):
-            magic, n, seq, shown, projected = HEADER.unpack_from(self._map, 0)
+            magic, n, seq, shown, projected, rising, stuck = HEADER.unpack_from(self._map, 0)
             if magic != MAGIC or seq % 2:
                 continue
             records = [RATIO.unpack_from(self._map, HEADER.size + i * RATIO.size)
                        for i in range(n)]
+            pairs = _pairs([r[0] for r in records])
+            cells = [ESCALATION.unpack_from(self._map, _escalation_offset(n, cell))[0]
+                     for cell in range(len(pairs))]
             if HEADER.unpack_from(self._map, 0)[2] != seq:
                 continue
             ratios = {r[0]: RatioFigures(dict(zip(COUNTS, r[1:4], strict=True)), r[4], r[5],
                                          bool(r[6])) for r in records}
-            return Snapshot(projected if shown else None, ratios)
+            escalations = {pair: count for pair, count in zip(pairs, cells, strict=True)
+                           if count}
+            return Snapshot(projected if shown else None, ratios, escalations,
+                            {"yes": rising, "no": stuck})
         return None
+
+
+def _pairs(ratios: list[int]) -> list[tuple[int | None, int]]:
+    """The escalation cells, in file order: from none or each ratio, to each ratio."""
+    return [(low, high) for low in [None, *ratios] for high in ratios]
+
+
+def _escalation_offset(num_ratios: int, cell: int) -> int:
+    return HEADER.size + RATIO.size * num_ratios + ESCALATION.size * cell

@@ -172,7 +172,7 @@ class CompressingEngineClient:
         from vllm.renderers.inputs.preprocess import extract_prompt_components
         from vllm.sampling_params import SamplingParams
 
-        from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
+        from breadcrumbs_vllm.vllm_plugin.compression import resolve_ceiling, resolve_ratio
 
         token_ids = extract_prompt_components(self._engine.model_config, prompt).token_ids or []
         config = self._policy.config
@@ -186,9 +186,11 @@ class CompressingEngineClient:
             return Generation(len(token_ids), None)
         try:
             ratio = resolve_ratio(params.extra_args, config)
-        except ValueError:
-            ratio = None  # the plugin refuses it inside AsyncLLM, with the supported ratios
-        if ratio is not None and params.seed is not None and not self._seeded_compression:
+            may_rise = resolve_ceiling(params.extra_args, config) is not None
+        except ValueError:  # the plugin refuses it inside AsyncLLM, with the supported ratios
+            ratio, may_rise = None, False
+        compressed = ratio is not None or may_rise
+        if compressed and params.seed is not None and not self._seeded_compression:
             raise VLLMValidationError(
                 "seed cannot be combined with compression (\"auto\" included) on this engine "
                 "(its CPU sampler cannot rewind a seeded generator past a beacon step); drop "

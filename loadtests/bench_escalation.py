@@ -1,0 +1,201 @@
+"""Escalation under KV pressure: stock vLLM, "auto" fixed at admission, "auto" that may rise.
+
+An open-loop workload: held-out problems of the model's task (the seed training never uses)
+arrive at seeded exponential intervals, whatever the engine is doing, on a KV pool too small to
+hold them all at once. Three arms decode the same arrivals, each on its own in-process engine
+with the same pool:
+
+* ``stock``: vLLM without the plugin (a view of the checkpoint without its ``breadcrumbs`` block);
+* ``auto-admission``: ``compression_ratio: "auto"``, the ratio fixed when a request is admitted
+  (``--additional-config '{"breadcrumbs_escalation": false}'``);
+* ``auto-escalation``: the same requests, allowed to rise while they run (``kv_budget.py``).
+
+Per arm: preemptions, ratio escalations, generated tokens/s, p50/p99 latency (arrival to last
+token) and the accuracy of the answers (the task's verifier). Writes JSON and a plot.
+
+    python loadtests/bench_escalation.py                       # the bundled Countdown student
+    python loadtests/bench_escalation.py --model models/countdown-student --problems 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from bench_plugin import stock_view  # noqa: E402
+
+ARMS = ("stock", "auto-admission", "auto-escalation")
+
+
+@dataclass
+class ArmFigures:
+    arm: str
+    preemptions: int
+    escalations: int
+    tokens_per_s: float
+    latency_p50_s: float
+    latency_p99_s: float
+    accuracy: float
+    n: int
+
+
+def make_engine(model: Path, arm: str, args):
+    from vllm import LLM
+
+    from breadcrumbs_vllm.vllm_plugin.kv_budget import ESCALATION_KEY, TARGET_KEY
+
+    extra = {TARGET_KEY: args.target, ESCALATION_KEY: arm == "auto-escalation"}
+    return LLM(model=str(model), dtype="float32", block_size=32, max_model_len=args.max_model_len,
+               num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=True, seed=0,
+               enforce_eager=True, additional_config=None if arm == "stock" else extra)
+
+
+def arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """Seeded arrival times in seconds: exponential gaps at ``rate`` requests per second."""
+    rng, now, out = random.Random(seed), 0.0, []
+    for _ in range(n):
+        now += rng.expovariate(rate)
+        out.append(now)
+    return out
+
+
+def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args):
+    """Feed the arrivals open loop; returns (texts by index, latencies, tokens/s, preemptions,
+    escalations)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine = llm.llm_engine
+    scheduler = engine.engine_core.engine_core.scheduler
+    preempt = scheduler._preempt_request
+    preemptions = 0
+
+    def counted(*a, **kw):
+        nonlocal preemptions
+        preemptions += 1
+        return preempt(*a, **kw)
+
+    scheduler._preempt_request = counted
+    extra = None if arm == "stock" else {"compression_ratio": "auto"}
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, extra_args=extra)
+    escalations_before = _escalations(scheduler)
+    texts, latencies, tokens, sent = {}, {}, 0, 0
+    start = time.perf_counter()
+    with tqdm(total=len(prompts), desc=arm, unit="req") as bar:
+        while len(texts) < len(prompts):
+            now = time.perf_counter() - start
+            while sent < len(prompts) and times[sent] <= now:
+                engine.add_request(str(sent), TokensPrompt(prompt_token_ids=prompts[sent]),
+                                   params)
+                sent += 1
+            if not engine.has_unfinished_requests():
+                time.sleep(min(0.01, max(0.0, times[sent] - now)))
+                continue
+            for out in engine.step():
+                if out.finished:
+                    i = int(out.request_id)
+                    texts[i] = out.outputs[0].text
+                    tokens += len(out.outputs[0].token_ids)
+                    latencies[i] = time.perf_counter() - start - times[i]
+                    bar.update()
+    elapsed = time.perf_counter() - start
+    scheduler._preempt_request = preempt
+    return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed, preemptions,
+            _escalations(scheduler) - escalations_before)
+
+
+def _escalations(scheduler) -> int:
+    stats = getattr(scheduler, "compression_stats", None)
+    return sum(stats.totals["escalations"].values()) if stats is not None else 0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def plot(rows: list[ArmFigures], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = [("preemptions", "preemptions"), ("tokens_per_s", "tokens/s"),
+              ("latency_p99_s", "p99 latency (s)"), ("accuracy", "accuracy")]
+    fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2))
+    for ax, (key, label) in zip(axes, fields, strict=True):
+        ax.bar([r.arm for r in rows], [getattr(r, key) for r in rows],
+               color=["#888888", "#4c72b0", "#dd8452"])
+        ax.set_title(label)
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
+    from breadcrumbs_vllm.tasks import get_task
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=Path("models/countdown-student"))
+    p.add_argument("--problems", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1234, help="problem seed (training never uses it)")
+    p.add_argument("--rate", type=float, default=4.0, help="arrivals per second")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--pool-blocks", type=int, default=48)
+    p.add_argument("--target", type=float, default=0.8, help="the projected-usage target")
+    p.add_argument("--out", type=Path, default=Path("escalation.json"))
+    args = p.parse_args()
+
+    bc = read_breadcrumbs_config(args.model)
+    task = get_task(bc.task, **bc.task_options)
+    problems = task.problems(args.problems, args.seed)
+    times = arrivals(len(problems), args.rate, args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stock = stock_view(args.model, Path(tmp) / "stock")
+        for arm in ARMS:
+            llm = make_engine(stock if arm == "stock" else args.model, arm, args)
+            tokenizer = llm.get_tokenizer()
+            prompts = [tokenizer.apply_chat_template(
+                [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
+                tokenize=True) for pr in problems]
+            texts, latencies, tok_s, preemptions, escalations = run_arm(llm, arm, prompts,
+                                                                        times, args)
+            accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
+            rows.append(ArmFigures(arm, preemptions, escalations, tok_s,
+                                   _percentile(latencies, 50), _percentile(latencies, 99),
+                                   accuracy / len(problems), len(problems)))
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+    print(f"{'arm':<16} {'preempt':>8} {'escal':>6} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} "
+          f"{'acc':>6}")
+    for r in rows:
+        print(f"{r.arm:<16} {r.preemptions:>8} {r.escalations:>6} {r.tokens_per_s:>8.1f} "
+              f"{r.latency_p50_s:>7.2f} {r.latency_p99_s:>7.2f} {r.accuracy:>6.1%}")
+    admission, escalation = rows[1], rows[2]
+    if admission.preemptions:
+        print(f"escalation vs admission-only: preemptions x"
+              f"{escalation.preemptions / admission.preemptions:.2f}, tok/s x"
+              f"{escalation.tokens_per_s / admission.tokens_per_s:.2f}, accuracy "
+              f"{100 * (escalation.accuracy - admission.accuracy):+.1f} points")
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                    "arms": [asdict(r) for r in rows]}, indent=2))
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
