@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ratio_paths import ratio_and_switches, ratio_paths
 
 from breadcrumbs_vllm.reference import (
     TOVA,
@@ -14,7 +17,7 @@ from breadcrumbs_vllm.reference import (
     StreamingLLM,
     make_policy,
 )
-from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.spec import BeaconSchedule, RatioPath
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,18 @@ RATIO_PATHS = [(None, ()), (2, ()), (3, ()), (8, ()), (2, ((2, 3),)), (2, ((4, 4
 @pytest.mark.parametrize(("ratio", "switches"), RATIO_PATHS)
 @pytest.mark.parametrize("prompt_len", [1, 5, 9])
 def test_kv_accounting_follows_rule_5(engine, ratio, switches, prompt_len):
+    assert_trace_follows_the_schedule(engine, prompt_len, ratio, switches, 37)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt_len=st.integers(1, 9), path=ratio_paths(max_switches=3), n=st.integers(1, 70))
+def test_kv_accounting_follows_rule_8_at_random_switches(engine, prompt_len, path, n):
+    assert_trace_follows_the_schedule(engine, prompt_len, *ratio_and_switches(path), n)
+
+
+def assert_trace_follows_the_schedule(engine: ReferenceEngine, prompt_len: int, ratio: int | None,
+                                      switches: RatioPath, n: int) -> None:
     """The KV trace, token by token, is the spec's formulas along the request's ratio path."""
-    n = 37
     res = engine.generate([GenerationRequest(_prompt(prompt_len), ratio=ratio, switches=switches,
                                              max_tokens=n, ignore_eos=True)])[0]
     sched = BeaconSchedule(prompt_len, ratio, switches)
