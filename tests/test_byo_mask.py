@@ -9,7 +9,7 @@ import torch
 from byo_models import converted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_mask import RATIOS, assert_masked_forward_equals_decoding
+from test_mask import PATHS, assert_masked_forward_equals_decoding
 from transformers import LlamaForCausalLM, Qwen3ForCausalLM
 
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
@@ -40,7 +40,7 @@ def test_reference_engine_runs_the_models_own_class(engines, kind) -> None:
 @given(
     kind=st.sampled_from(sorted(KINDS)),
     cases=st.lists(
-        st.tuples(st.integers(1, 13), RATIOS, st.integers(1, 40), st.integers(0, 10_000)),
+        st.tuples(st.integers(1, 13), PATHS, st.integers(1, 40), st.integers(0, 10_000)),
         min_size=1, max_size=4,
     ),
     sampled=st.booleans(),

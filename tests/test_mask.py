@@ -1,17 +1,23 @@
-"""Rule 6: the masked training forward pass equals incremental decoding with real eviction."""
+"""Rule 6: the masked training forward pass equals incremental decoding with real eviction, at
+fixed ratios and along ratio paths that rise at random window boundaries (rule 8)."""
 
 from __future__ import annotations
 
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ratio_paths import ratio_and_switches, ratio_paths
 
 from breadcrumbs_vllm.checkpoint import init_model
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
+from breadcrumbs_vllm.spec import RatioPath
 from breadcrumbs_vllm.tokenizer import pad_token_id
 from breadcrumbs_vllm.training.mask import beacon_mask, build_beacon_batch, pack
 
-RATIOS = st.sampled_from([None, 2, 3, 4, 8])
+FIXED = st.sampled_from([(), ((0, 2),), ((0, 3),), ((0, 4),), ((0, 8),)])
+SWITCHING = ratio_paths(max_ratio=4, min_switches=1, max_switches=2, max_windows=3)
+#: Ratio paths of the decoded cases: uncompressed, fixed, or rising at window boundaries.
+PATHS = st.one_of(FIXED, SWITCHING)
 
 
 def _models():
@@ -32,7 +38,7 @@ MODELS = _models()
 @given(
     model_idx=st.integers(0, len(MODELS) - 1),
     cases=st.lists(
-        st.tuples(st.integers(1, 13), RATIOS, st.integers(1, 40), st.integers(0, 10_000)),
+        st.tuples(st.integers(1, 13), PATHS, st.integers(1, 40), st.integers(0, 10_000)),
         min_size=1, max_size=5,
     ),
     sampled=st.booleans(),
@@ -41,22 +47,30 @@ def test_masked_forward_equals_incremental_decoding(model_idx, cases, sampled):
     assert_masked_forward_equals_decoding(*MODELS[model_idx], cases, sampled)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model_idx=st.integers(0, len(MODELS) - 1),
+    cases=st.lists(
+        st.tuples(st.integers(1, 13), SWITCHING, st.integers(10, 60), st.integers(0, 10_000)),
+        min_size=1, max_size=4,
+    ),
+    sampled=st.booleans(),
+)
+def test_masked_forward_equals_decoding_whose_ratio_rises(model_idx, cases, sampled):
+    """Every case switches at least once; most decode past their first switch."""
+    assert_masked_forward_equals_decoding(*MODELS[model_idx], cases, sampled)
+
+
 def assert_masked_forward_equals_decoding(model, tokenizer, bc, cases, sampled) -> None:
-    """Decode ``cases`` (prompt length, ratio, tokens, seed) with real eviction, then check that
-    one masked forward pass over the results gives the same logits, sequence by sequence."""
+    """Decode ``cases`` (prompt length, ratio path, tokens, seed) with real eviction, then check
+    that one masked forward pass over the results gives the same logits, sequence by sequence."""
     engine = ReferenceEngine(model, tokenizer, bc)
-    requests = [
-        GenerationRequest(
-            prompt_ids=[int(t) for t in torch.randint(10, 100, (p,), generator=torch.Generator().manual_seed(s))],
-            ratio=ratio, max_tokens=n, ignore_eos=True, return_logits=True,
-            temperature=1.0 if sampled else 0.0, seed=s,
-        )
-        for p, ratio, n, s in cases
-    ]
+    requests = [_request(*case, sampled=sampled) for case in cases]
     results = engine.generate(requests)
     batch = build_beacon_batch(
         [r.prompt_ids for r in requests], [res.token_ids for res in results],
         [r.ratio for r in requests], bc.beacon_token_id, pad_token_id(tokenizer),
+        switches=[r.switches for r in requests],
     )
     with torch.no_grad():
         logits = batch.gather(model(**batch.model_inputs()).logits)
@@ -65,6 +79,17 @@ def assert_masked_forward_equals_decoding(model, tokenizer, bc, cases, sampled) 
         assert torch.equal(batch.targets[mine], torch.tensor(res.token_ids))
         diff = (logits[mine] - res.logits).abs().max().item()
         assert diff < 1e-4, f"masked forward differs from real eviction by {diff}"
+
+
+def _request(prompt_len: int, path: RatioPath, max_tokens: int, seed: int,
+             sampled: bool) -> GenerationRequest:
+    ratio, switches = ratio_and_switches(path)
+    prompt = torch.randint(10, 100, (prompt_len,), generator=torch.Generator().manual_seed(seed))
+    return GenerationRequest(
+        prompt_ids=[int(t) for t in prompt], ratio=ratio, switches=switches,
+        max_tokens=max_tokens, ignore_eos=True, return_logits=True,
+        temperature=1.0 if sampled else 0.0, seed=seed,
+    )
 
 
 def test_masked_forward_detects_a_wrong_mask(tiny_model):

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ratio_paths import ratio_and_switches, ratio_paths
 
 from breadcrumbs_vllm.reference import (
     TOVA,
@@ -14,7 +17,7 @@ from breadcrumbs_vllm.reference import (
     StreamingLLM,
     make_policy,
 )
-from breadcrumbs_vllm.spec import BeaconSchedule
+from breadcrumbs_vllm.spec import BeaconSchedule, RatioPath
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +29,30 @@ def _prompt(n: int, seed: int = 0) -> list[int]:
     return [int(t) for t in torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(seed))]
 
 
-@pytest.mark.parametrize("ratio", [None, 2, 3, 8])
+#: Fixed ratios, then paths that rise (rule 8): at the first boundary, twice, late (t=9 of 37),
+#: to a window longer than what is left, and three times by one.
+RATIO_PATHS = [(None, ()), (2, ()), (3, ()), (8, ()), (2, ((2, 3),)), (2, ((4, 4), (12, 8))),
+               (3, ((9, 16),)), (4, ((8, 40),)), (2, ((6, 3), (9, 4), (21, 5)))]
+
+
+@pytest.mark.parametrize(("ratio", "switches"), RATIO_PATHS)
 @pytest.mark.parametrize("prompt_len", [1, 5, 9])
-def test_kv_accounting_follows_rule_5(engine, ratio, prompt_len):
-    n = 37
-    res = engine.generate([GenerationRequest(_prompt(prompt_len), ratio=ratio, max_tokens=n,
-                                             ignore_eos=True)])[0]
-    sched = BeaconSchedule(prompt_len, ratio)
+def test_kv_accounting_follows_rule_5(engine, ratio, switches, prompt_len):
+    assert_trace_follows_the_schedule(engine, prompt_len, ratio, switches, 37)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt_len=st.integers(1, 9), path=ratio_paths(max_switches=3), n=st.integers(1, 70))
+def test_kv_accounting_follows_rule_8_at_random_switches(engine, prompt_len, path, n):
+    assert_trace_follows_the_schedule(engine, prompt_len, *ratio_and_switches(path), n)
+
+
+def assert_trace_follows_the_schedule(engine: ReferenceEngine, prompt_len: int, ratio: int | None,
+                                      switches: RatioPath, n: int) -> None:
+    """The KV trace, token by token, is the spec's formulas along the request's ratio path."""
+    res = engine.generate([GenerationRequest(_prompt(prompt_len), ratio=ratio, switches=switches,
+                                             max_tokens=n, ignore_eos=True)])[0]
+    sched = BeaconSchedule(prompt_len, ratio, switches)
     fed = n - 1  # the last generated token is never fed
     assert len(res.token_ids) == n
     assert res.num_beacons == sched.num_beacons_fed(fed)
@@ -41,13 +61,30 @@ def test_kv_accounting_follows_rule_5(engine, ratio, prompt_len):
                                for i in range(prompt_len, sched.logical_len(fed))]
     assert res.kv_trace == expected
     assert res.peak_kv_entries == sched.peak_kv_entries(fed)
-    if ratio is not None:
-        assert res.peak_kv_entries <= prompt_len + fed // ratio + ratio + 1
+    if ratio is not None:  # prompt, beacons, the longest window and the beacon closing it
+        longest = max(c for _, c in sched.path)
+        assert res.peak_kv_entries <= prompt_len + res.num_beacons + longest + 1
+
+
+@pytest.mark.parametrize(("ratio", "switches"), [(2, ((4, 3),)), (3, ((6, 4), (14, 8)))])
+def test_a_switch_changes_nothing_before_it_takes_effect(engine, ratio, switches):
+    """Up to the window after the first switch, the path decodes what its first ratio decodes:
+    the same tokens, the same trace; the first beacon the switch moves is where they part."""
+    at = switches[0][0]
+    fixed, rising = engine.generate([
+        GenerationRequest(_prompt(5), ratio=ratio, switches=s, max_tokens=40, ignore_eos=True)
+        for s in ((), switches)])
+    same = at + ratio + 1  # token at + ratio + 1 is sampled before either feeds a beacon there
+    assert rising.token_ids[:same] == fixed.token_ids[:same]
+    shared = BeaconSchedule(5, ratio).logical_len(at + ratio) - 5 + 1  # prefill + fed so far
+    assert rising.kv_trace[:shared] == fixed.kv_trace[:shared]
+    assert rising.num_beacons < fixed.num_beacons
 
 
 def test_batch_mixing_ratios_equals_one_by_one(engine):
-    requests = [GenerationRequest(_prompt(p, p), ratio=r, max_tokens=50, ignore_eos=True)
-                for p, r in [(3, None), (7, 2), (4, 4), (11, 16)]]
+    requests = [GenerationRequest(_prompt(p, p), ratio=r, switches=s, max_tokens=50, ignore_eos=True)
+                for p, r, s in [(3, None, ()), (7, 2, ()), (4, 4, ()), (11, 16, ()),
+                                (6, 2, ((4, 3), (10, 8)))]]
     together = engine.generate(requests)
     for request, res in zip(requests, together):
         assert engine.generate([request])[0].token_ids == res.token_ids
@@ -121,6 +158,8 @@ def test_tova_evicts_the_least_attended_generated_entry():
 def test_bad_requests_fail_clearly(engine):
     with pytest.raises(ValueError, match="ratio"):
         engine.generate([GenerationRequest([5, 6], ratio=1)])
+    with pytest.raises(ValueError, match="window boundary"):
+        engine.generate([GenerationRequest([5, 6], ratio=4, switches=((6, 8),))])
     with pytest.raises(ValueError, match="either"):
         engine.generate([GenerationRequest([5, 6], ratio=4, policy=StreamingLLM(8))])
     with pytest.raises(ValueError, match="unknown baseline"):

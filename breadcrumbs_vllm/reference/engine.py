@@ -9,6 +9,8 @@ entry is appended back to each sequence. Eviction is literal: entries are cut ou
 The decoding loop is the spec's rule 2. With ratio ``c`` and the current window ``x_1..x_c``:
 ``y`` is sampled from ``x_c``'s logits; if ``y`` does not end the generation the beacon is fed
 next (its logits are discarded), the ``c`` window entries are evicted, and then ``y`` is fed.
+A request's ratio may rise at window boundaries (rule 8, ``GenerationRequest.switches``): each
+window is as long as the ratio in force where it starts.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from breadcrumbs_vllm.spec import BeaconSchedule, validate_ratio
 
 @dataclass
 class GenerationRequest:
-    """One prompt to decode. ``ratio=None`` decodes uncompressed; ``policy`` adds a baseline."""
+    """One prompt to decode. ``ratio=None`` decodes uncompressed; ``policy`` adds a baseline.
+
+    ``switches``: the ``(t_k, c_k)`` at which the ratio rises (rule 8, see
+    :class:`breadcrumbs_vllm.spec.BeaconSchedule`); windows after generated token ``t_k`` are
+    ``c_k`` long. Empty: the fixed ``ratio``.
+    """
 
     prompt_ids: list[int]
     ratio: int | None = None
+    switches: tuple[tuple[int, int], ...] = ()
     max_tokens: int = 256
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
@@ -97,7 +105,11 @@ class _Sequence:
 
     @property
     def feeds_beacon(self) -> bool:
-        return self.request.ratio is not None and self.window == self.request.ratio
+        """The current window is full: it holds as many tokens as the ratio in force where it
+        started, after the ``len(generated) - 1 - window`` generated tokens fed before it (the
+        last generated token is the pending one)."""
+        started_after = len(self.generated) - 1 - self.window
+        return self.window > 0 and self.window == self.schedule.ratio_for(started_after)
 
 
 class ReferenceEngine:
@@ -151,6 +163,7 @@ class ReferenceEngine:
             raise ValueError("a request uses either a compression ratio or a baseline policy")
         if not request.prompt_ids:
             raise ValueError("the prompt is empty")
+        schedule = BeaconSchedule(len(request.prompt_ids), ratio, request.switches)
         if request.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if request.kv_budget is not None and request.kv_budget < len(request.prompt_ids):
@@ -169,7 +182,7 @@ class ReferenceEngine:
         )
         seq = _Sequence(
             request=request,
-            schedule=BeaconSchedule(len(request.prompt_ids), ratio),
+            schedule=schedule,
             layers=[_LayerKV(layer.keys[0], layer.values[0]) for layer in cache.layers],
             next_position=len(request.prompt_ids),
             generator=generator,

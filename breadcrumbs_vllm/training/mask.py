@@ -1,15 +1,17 @@
 """The training-time equivalent of beacon eviction (spec rule 6) as one masked forward pass.
 
-For a prompt and its generated tokens, beacons are inserted after every ``c``-th generated token
-(:func:`breadcrumbs_vllm.spec.insert_beacons`), positions run ``0..L-1``, and the attention mask
-lets each token see exactly what the decoder's cache holds when that token is fed:
+For a prompt and its generated tokens, beacons are inserted after every window of the sequence's
+ratio path (a fixed ratio ``c``, or one that rises at window boundaries, spec rule 8:
+:meth:`breadcrumbs_vllm.spec.BeaconSchedule.insert_beacons`), positions run ``0..L-1``, and the
+attention mask lets each token see exactly what the decoder's cache holds when that token is fed:
 
 * a prompt token: the prompt up to itself (causal);
 * a token of window ``k``: the prompt, beacons ``b_1..b_{k-1}``, window ``k`` up to itself;
 * beacon ``b_k``: the prompt, ``b_1..b_{k-1}``, all of window ``k`` and itself.
 
-So the logits of this pass equal incremental decoding with real eviction (tested in
-``tests/test_mask.py``), and a model can learn to compress in parallel over whole sequences.
+The mask reads only window numbers, never a ratio: window ``k`` is whatever the path made it. So
+the logits of this pass equal incremental decoding with real eviction, switches included (tested
+in ``tests/test_mask.py``), and a model can learn to compress in parallel over whole sequences.
 
 Sequences are packed: several short ones share a row of the batch, each with its own positions
 from 0 and its own block of the mask, so no token sees another sequence. Solver traces vary in
@@ -22,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
+from itertools import accumulate
 
 import torch
 
-from breadcrumbs_vllm.spec import insert_beacons
+from breadcrumbs_vllm.spec import BeaconSchedule, RatioPath
 
 #: What each position of a laid-out sequence holds.
 PROMPT, GENERATED, BEACON, PADDING = 0, 1, 2, 3
@@ -118,18 +121,14 @@ def beacon_mask(kinds: torch.Tensor, windows: torch.Tensor,
 
 
 def lay_out(prompt: Sequence[int], generated: Sequence[int], ratio: int | None,
-            beacon_id: int) -> _Row:
-    """Insert beacons (ratio ``None``: none) and find which positions predict which token."""
-    body, flags = insert_beacons(generated, ratio, beacon_id)
+            beacon_id: int, switches: RatioPath = ()) -> _Row:
+    """Insert beacons along the ratio path ``ratio`` then ``switches`` (ratio ``None``: none) and
+    find which positions predict which token."""
+    body, flags = BeaconSchedule(len(prompt), ratio, switches).insert_beacons(generated, beacon_id)
     kinds = [PROMPT] * len(prompt) + [BEACON if f else GENERATED for f in flags]
-    windows = [0] * len(prompt)
-    gen_seen = 0
-    for flag in flags:
-        if flag:
-            windows.append(gen_seen // ratio)  # the beacon closes window gen_seen / c
-        else:
-            windows.append(gen_seen // ratio + 1 if ratio else 1)
-            gen_seen += 1
+    # Window k holds the tokens after beacon k - 1 and beacon k itself, whatever its length.
+    closed_before = list(accumulate(flags, initial=0))[:-1]
+    windows = [0] * len(prompt) + [closed + 1 for closed in closed_before]
     tokens = list(prompt) + body
     # Each non-beacon position from the last prompt token on predicts the next generated
     # token; beacons predict nothing (rule 6).
@@ -161,13 +160,17 @@ def build_beacon_batch(
     beacon_id: int,
     pad_id: int,
     packed: bool = True,
+    switches: Sequence[RatioPath] | None = None,
 ) -> BeaconBatch:
-    """Lay out every sequence (its own ratio), pack them into rows as wide as the longest one.
+    """Lay out every sequence (its own ratio path), pack them into rows as wide as the longest one.
 
+    ``switches``: per sequence, where its ratio rises (rule 8); ``None``: every ratio is fixed.
     ``packed=False`` gives each sequence a row of its own (the padded layout, for comparison:
     ``loadtests/bench_training.py``).
     """
-    seqs = [lay_out(p, g, r, beacon_id) for p, g, r in zip(prompts, generations, ratios, strict=True)]
+    switches = [()] * len(prompts) if switches is None else switches
+    seqs = [lay_out(p, g, r, beacon_id, s)
+            for p, g, r, s in zip(prompts, generations, ratios, switches, strict=True)]
     lengths = [len(s.tokens) for s in seqs]
     width = max(lengths)
     rows = pack(lengths, width) if packed else [[i] for i in range(len(seqs))]
