@@ -193,6 +193,14 @@ class BeaconSchedule:
         segment = self._segment_at(logical_index)
         return (logical_index - segment.logical) % (segment.ratio + 1) == segment.ratio
 
+    def next_beacon(self, logical_index: int) -> int:
+        """The logical index of the first beacon at or after ``logical_index`` (past the prompt,
+        compressed requests only): the end of the window that index is in. The beacon closing a
+        segment's last window belongs to that segment, so this never crosses a switch."""
+        segment = self._segment_at(logical_index)
+        offset = (logical_index - segment.logical) % (segment.ratio + 1)
+        return logical_index + segment.ratio - offset
+
     def num_beacons_fed(self, num_generated_fed: int) -> int:
         """Beacons fed once ``num_generated_fed`` generated tokens have been fed.
 

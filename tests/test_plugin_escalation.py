@@ -49,17 +49,20 @@ def llm(tiny_checkpoint):
 
 def _run(llm, prompts, asks, rise_chance: float, seed: int):
     """Decode step by step, forcing a rise of a random request that may rise with
-    ``rise_chance`` per step; returns ``{id: (tokens, report)}`` and the preemptions seen."""
+    ``rise_chance`` per step from step 8 on (so most rises come mid-generation); returns
+    ``{id: (tokens, report)}``."""
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler
     rng = random.Random(seed)
+    step = 0
     for i, (prompt, ask) in enumerate(zip(prompts, asks)):
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True,
                                 extra_args={"compression_ratio": ask})
         engine.add_request(str(i), TokensPrompt(prompt_token_ids=prompt), params)
     done = {}
     while engine.has_unfinished_requests():
-        if scheduler.risers and rng.random() < rise_chance:
+        step += 1
+        if step >= 8 and scheduler.risers and rng.random() < rise_chance:
             scheduler.raise_ratio(rng.choice(sorted(scheduler.risers)))
         for out in engine.step():
             if out.finished:
@@ -88,11 +91,16 @@ def _along(reference: ReferenceEngine, prompt: list[int], path, max_tokens: int)
     return list(result.token_ids)
 
 
-@pytest.mark.parametrize("rise_chance", [0.0, 0.3], ids=["pressure-only", "forced-rises"])
-def test_plugin_equals_the_reference_along_the_paths_it_ran(llm, tiny_checkpoint, rise_chance):
+@pytest.mark.parametrize("target, rise_chance", [(0.3, 0.0), (100.0, 0.2)],
+                         ids=["pressure-only", "forced-rises"])
+def test_plugin_equals_the_reference_along_the_paths_it_ran(llm, tiny_checkpoint, target,
+                                                            rise_chance, monkeypatch):
+    """Under pressure most rises come before a request decodes (all arrive at once); forced
+    ones (the target out of reach) come mid-generation, from none and from a ratio."""
     prompts = _prompts(12, seed=11)
     asks = [ASKS[i % len(ASKS)] for i in range(12)]
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    monkeypatch.setattr(scheduler, "kv_target", target)
     before = dict(scheduler.compression_stats.totals["escalations"])
     done = _run(llm, prompts, asks, rise_chance, seed=3)
     rose = sum(scheduler.compression_stats.totals["escalations"].values()) - sum(before.values())
@@ -110,3 +118,6 @@ def test_plugin_equals_the_reference_along_the_paths_it_ran(llm, tiny_checkpoint
         paths.append(path)
         assert tokens == _along(reference, prompt, path, MAX_TOKENS), (i, ask, path)
     assert any(len(p) > 1 for p in paths)
+    if rise_chance:  # rises mid-generation: from none (after some tokens), and from a ratio
+        assert any(p[0][1] is None and p[1][0] > 0 for p in paths if len(p) > 1), paths
+        assert any(p[0][1] is not None and len(p) > 1 for p in paths), paths

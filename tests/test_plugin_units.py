@@ -68,11 +68,12 @@ def test_escalation_takes_the_largest_growth_first_until_under_target():
     risers = [Riser("small", 100, 90, 8), Riser("big", 1000, 400, 8),
               Riser("useless", 500, 500, 16), Riser("mid", 600, 300, 4)]
     projection = KVProjection(used=0.5, growth_tokens=2200, capacity_tokens=2000)  # 1.6
-    chosen = [r.request_id for r in escalate(risers, projection, target=0.9)]
-    assert chosen == ["big", "mid"]  # 1.6 - 0.3 - 0.15 = 1.15 > 0.9: "useless" saves nothing
+    def chosen(target):
+        return [r.request_id for r in escalate(risers, projection, target)]
+    assert chosen(1.35) == ["big"]  # 1.6 - 600 / 2000 = 1.3
+    assert chosen(1.2) == ["big", "mid"]  # then - 300 / 2000 = 1.15
+    assert chosen(0.0) == ["big", "mid", "small"]  # "useless" saves nothing: never raised
     assert escalate(risers, KVProjection(0.1, 0, 2000), target=0.9) == []
-    everything = escalate(risers, projection, target=0.0)
-    assert [r.request_id for r in everything] == ["big", "mid", "small"]
 
 
 @pytest.mark.parametrize("prompt_len,ratio", [(5, 2), (33, 4), (64, 16)])

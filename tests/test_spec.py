@@ -80,6 +80,9 @@ def test_fed_sequence_and_slots_equal_the_simulation(prompt_len, path, n):
         assert schedule.kv_len_after_feeding(i) == after
         if beacon:
             assert schedule.beacon_home(i) == home
+    beacons = [i for i, (beacon, *_) in enumerate(sim.fed, start=prompt_len) if beacon]
+    for i in range(prompt_len, beacons[-1] + 1 if beacons else prompt_len):
+        assert schedule.next_beacon(i) == min(b for b in beacons if b >= i)
     tokens = iter(range(100, 100 + n))
     expected = [-1 if beacon else next(tokens) for beacon, *_ in sim.fed]
     assert schedule.insert_beacons(range(100, 100 + n), -1) == (
