@@ -32,7 +32,8 @@ def _plugin_sample_names() -> set[str]:
     from breadcrumbs_vllm.vllm_plugin.metrics import PrometheusCompressionMetrics
 
     metrics = PrometheusCompressionMetrics.get()
-    families = [*metrics.counters.values(), metrics.held, metrics.saved, metrics.projected]
+    families = [*metrics.counters.values(), metrics.held, metrics.saved, metrics.projected,
+                metrics.escalations, metrics.preemptions]
     return {f"{m._name}_total" if m._type == "counter" else m._name for m in families}
 
 
@@ -113,12 +114,13 @@ def _promtool_ok(*args: str) -> str:
 def test_prometheus_config_and_alert_rules_pass_promtool():
     prom_dir = DEPLOY / "prometheus"
     out = _promtool_ok("check", "config", str(prom_dir / "prometheus.yml"))
-    assert "4 rules found" in out
+    assert "5 rules found" in out
     _promtool_ok("test", "rules", str(prom_dir / "alerts_test.yml"))
     alerts = yaml.safe_load((prom_dir / "alerts.yml").read_text())
     names = {r["alert"] for g in alerts["groups"] for r in g["rules"]}
     assert names == {"BreadcrumbsKVPoolNearFull", "BreadcrumbsPreemptionsRising",
-                     "BreadcrumbsEngineNotReady", "BreadcrumbsKVBlocksLeaked"}
+                     "BreadcrumbsEngineNotReady", "BreadcrumbsKVBlocksLeaked",
+                     "BreadcrumbsPreemptingAtMaxRatio"}
     tested = yaml.safe_load((prom_dir / "alerts_test.yml").read_text())
     assert names == {t["alertname"] for case in tested["tests"]
                      for t in case["alert_rule_test"]}

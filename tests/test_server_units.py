@@ -134,7 +134,7 @@ def test_remote_forwards_to_one_upstream_with_the_ratio_in_vllm_xargs(checkpoint
         resp = client.post("/v1/completions", json=body)
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["breadcrumbs"] == {  # a completions answer has no report
-            "ratio": 8, "ratio_path": None, "beacons_inserted": 1, "peak_kv_entries": 14,
+            "ratio": 8, "ratio_path": [[0, 8]], "beacons_inserted": 1, "peak_kv_entries": 14,
             "kv_entries_saved": 7, "measured": False}
         path, sent = fake.bodies[-1]
         assert path == "/v1/completions" and sent["vllm_xargs"] == {"compression_ratio": 8}
