@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench_plugin import stock_view  # noqa: E402
+from bench_plugin import stock_view
 
 ARMS = ("stock", "auto-admission", "auto-escalation")
 
