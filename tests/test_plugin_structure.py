@@ -134,6 +134,14 @@ def test_a_stock_engine_runs_vllms_own_classes(stock_checkpoint):
         out = llm.generate([TokensPrompt(prompt_token_ids=[10, 20, 30])],
                            SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
         assert len(out[0].outputs[0].token_ids) == 8
+        # A range needs beacons: one line, the request refused, the engine still serving.
+        ranged = SamplingParams(max_tokens=4, extra_args={"compression_ratio": {"min": 2,
+                                                                                "max": 8}})
+        with pytest.raises(ValueError, match="needs a model with beacons"):
+            llm.generate([TokensPrompt(prompt_token_ids=[10, 20, 30])], ranged, use_tqdm=False)
+        again = llm.generate([TokensPrompt(prompt_token_ids=[10, 20, 30])],
+                             SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+        assert again[0].outputs[0].token_ids == out[0].outputs[0].token_ids
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm

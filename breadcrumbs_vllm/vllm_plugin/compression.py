@@ -73,6 +73,12 @@ def _resolve(extra_args: Mapping[str, Any] | None,
     return start, ceiling
 
 
+def asks_to_rise(extra_args: Mapping[str, Any] | None) -> bool:
+    """Whether a request sends a range (which only a beacon model can honour)."""
+    return bool(extra_args) and (isinstance(extra_args.get(RATIO_KEY), Mapping)
+                                 or extra_args.get(MAX_KEY) is not None)
+
+
 def _one_ratio(raw: Any, bc: BreadcrumbsConfig) -> int | None | str:
     if isinstance(raw, str):
         word = raw.strip().lower()

@@ -81,14 +81,21 @@ def _wrap_validate_params(original):
         result = original(self, params, supported_tasks)
         from vllm.sampling_params import SamplingParams
 
+        from breadcrumbs_vllm.vllm_plugin.compression import asks_to_rise
         from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
+        if not isinstance(params, SamplingParams):
+            return result
         model = BeaconModel.from_model_config(self.model_config)
-        if model is not None and isinstance(params, SamplingParams):
+        if model is not None:
             try:
                 model.requested(params)
+                model.ceiling(params)
             except ValueError as exc:  # names the supported ratios
                 raise UnsupportedRatioError(str(exc)) from None
+        elif asks_to_rise(params.extra_args):
+            raise UnsupportedRatioError("a compression ratio range needs a model with beacons; "
+                                        "this model has none (no breadcrumbs block)")
         return result
     return _validate_params
 
