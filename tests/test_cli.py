@@ -87,6 +87,22 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     assert "accuracy" in proc.stdout
 
 
+def test_eval_switch_writes_a_row_along_the_rising_path(random_model, tmp_path):
+    out = tmp_path / "results.json"
+    proc = breadcrumbs("eval", "--model", str(random_model), "--task", "countdown", "--n", "2",
+                       "--max-tokens", "20", "--ratios", "4,16", "--baselines", "",
+                       "--switch", "4:16@mid", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    # The first boundary of 4 at or after 20 // 2 = 10 generated tokens is 12.
+    assert [r["setting"] for r in rows] == ["c=4", "c=16", "c=4→16@12"]
+    switch = rows[-1]
+    assert switch["ratio"] == 4 and switch["switches"] == [[12, 16]] and switch["n"] == 2
+    assert rows[0]["switches"] == []
+    assert "c=4→16@12" in proc.stdout
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("args, message", [
     (["eval", "--model", "{model}", "--task", "sudoku"], "unknown task"),
     (["generate", "--model", "{model}", "--ratio", "0", "x"], "ratio 0"),
@@ -101,6 +117,11 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     (["train", "teacher", "--out", "{plain}/run", "--task-option", "low=0"], "countdown needs"),
     (["train", "student", "--out", "{plain}/run"], "needs --teacher"),
     (["eval", "--model", "{model}", "--held-out-from", "{model}"], "has no training_config.json"),
+    (["eval", "--model", "{model}", "--switch", "4:32@mid"], "not supported"),
+    (["eval", "--model", "{model}", "--switch", "16:4@mid"], "ratios only rise"),
+    (["eval", "--model", "{model}", "--switch", "4to16"], "--switch takes C0:C1@mid"),
+    (["train", "student", "--out", "{plain}/run", "--teacher", "{model}", "--trace-steps", "1",
+      "--switch-share", "2"], "--switch-share must be in [0, 1]"),
 ])
 def test_bad_input_gets_one_line_error(random_model, tmp_path, args, message):
     plain = tmp_path / "plain"

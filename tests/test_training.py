@@ -17,6 +17,7 @@ from breadcrumbs_vllm.cli.train import resolve_mixed_precision
 from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
 from breadcrumbs_vllm.reference import GenerationRequest
 from breadcrumbs_vllm.tasks import get_task
+from breadcrumbs_vllm.tokenizer import pad_token_id
 from breadcrumbs_vllm.training.config import TrainConfig
 from breadcrumbs_vllm.training.losses import (
     distill_kl,
@@ -25,7 +26,14 @@ from breadcrumbs_vllm.training.losses import (
     token_logprobs,
 )
 from breadcrumbs_vllm.training.mask import build_beacon_batch
-from breadcrumbs_vllm.training.trainer import CONFIG_FILE, STATE_FILE, Run
+from breadcrumbs_vllm.training.trainer import (
+    CONFIG_FILE,
+    STATE_FILE,
+    Rise,
+    Rollouts,
+    Run,
+    step_rises,
+)
 
 TINY = ["--seed", "0", "--rl-problems", "2", "--group", "2", "--max-tokens", "16",
         "--eval-n", "2", "--threads", "2"]
@@ -175,6 +183,58 @@ def test_on_policy_rollouts_are_the_students_own_decoding(tiny_checkpoint: Path,
     with torch.no_grad():  # the teacher scores them, without beacons
         assert torch.equal(rollouts.teacher_logits,
                            run.predict(run.teacher, run.batch(rollouts.prompts, own, [None] * 3)))
+
+
+def test_switch_paths_rise_once_at_a_boundary_in_about_the_share() -> None:
+    cfg = TrainConfig(stage="student", ratios=[2, 4, 8, 16], switch_share=0.25, seed=3)
+    rises = [rise for step in range(20) for rise in step_rises(cfg, step, 200)]
+    drawn = [rise for rise in rises if rise is not None]
+    assert abs(len(drawn) / len(rises) - 0.25) < 0.03
+    assert {rise.start for rise in drawn} == {2, 4, 8}  # never from the largest
+    assert all(rise.higher > rise.start for rise in drawn)
+    for i, rise in enumerate(drawn):
+        length = 1 + i % 60
+        path = rise.switches(length)
+        if length - 1 < rise.start:  # no boundary that a generated token follows
+            assert path == ()
+            continue
+        (at, higher), = path  # exactly one rise
+        assert higher == rise.higher and at % rise.start == 0 and 0 < at < length
+    # Uniform over the boundaries: 4, 8, 12, 16 for 17 tokens at ratio 4.
+    ats = [Rise(4, 16, k / 400).switches(17)[0][0] for k in range(400)]
+    assert {at: ats.count(at) for at in set(ats)} == {4: 100, 8: 100, 12: 100, 16: 100}
+    # A function of (config, step); without a share, nothing rises.
+    assert step_rises(cfg, 7, 50) == step_rises(cfg, 7, 50) != step_rises(cfg, 8, 50)
+    assert step_rises(TrainConfig(stage="student"), 7, 50) == [None] * 50
+    for share, ratios in ((1.5, [2, 4]), (0.5, [4])):
+        with pytest.raises(ValueError, match="--switch-share"):
+            TrainConfig(stage="student", ratios=ratios, switch_share=share)
+
+
+def test_student_step_masks_a_rising_sequence_along_its_path(tiny_checkpoint: Path,
+                                                            tmp_path: Path) -> None:
+    cfg = TrainConfig(stage="student", teacher=str(tiny_checkpoint), ratios=[2, 4], rl_steps=1,
+                      switch_share=1.0, sequential=True, warmup=0)
+    run = Run(cfg, tmp_path / "student")
+    prompts = [[5, 6, 7], [8, 9]]
+    generations = [list(range(10, 30)), list(range(30, 41))]
+    with torch.no_grad():
+        logits = run.predict(run.teacher, run.batch(prompts, generations, [None, None]))
+    rollouts = Rollouts(prompts, generations, torch.ones(2), logits)
+    built = []
+    batch_of = run.batch
+    run.batch = lambda *args, **kwargs: built.append(batch_of(*args, **kwargs)) or built[-1]
+    assert torch.isfinite(torch.tensor(run.student_step(rollouts)["kl"]))
+    rises = step_rises(cfg, 0, 2)
+    paths = [rise.switches(len(g)) for rise, g in zip(rises, generations)]
+    assert all(rise.start == 2 and len(path) == 1 for rise, path in zip(rises, paths))
+    expected = build_beacon_batch(prompts, generations, [2, 2], run.bc.beacon_token_id,
+                                  pad_token_id(run.tokenizer), switches=paths)
+    fixed = build_beacon_batch(prompts, generations, [2, 2], run.bc.beacon_token_id,
+                               pad_token_id(run.tokenizer))
+    assert torch.equal(built[0].attention_mask, expected.attention_mask)
+    assert torch.equal(built[0].input_ids, expected.input_ids)
+    assert built[0].input_ids.shape != fixed.input_ids.shape  # fewer beacons after the rise
 
 
 def test_on_policy_student_trains_and_needs_sequential(teacher: Path, capsys) -> None:

@@ -5,6 +5,11 @@ Two modes. By default each baseline runs at the peak KV each problem reached at 
 ``B``: the teacher stops when its cache is full, the student at each ratio reaches further in the
 same memory, the baselines run with cache size ``B``; the output adds AUAC per method.
 
+``--switch 4:16@mid`` adds a row along a ratio path that rises once (spec rule 8): the model
+starts at ratio 4 and rises to 16 at the first window boundary at or after ``max_tokens // 2``
+generated tokens (``@T``: at or after ``T``), the row named ``c=4→16@256`` for ``--max-tokens
+512``; what a request whose ratio the server raises mid-generation gets.
+
 Harder problems than training: ``--task-option`` overrides the model's difficulty knobs, e.g.
 Countdown's ``min_backtracks=3`` (at least three dead ends before the solution: solver traces
 about 20% longer than ``min_backtracks=1``) or ``breadth=4`` (about 45% longer). The draws are
@@ -22,7 +27,8 @@ from breadcrumbs_vllm.cli.data_args import add_data_arguments, data_spec
 from breadcrumbs_vllm.cli.init_model import parse_ratio_list
 
 if TYPE_CHECKING:
-    from breadcrumbs_vllm.evaluation.runner import EvalRow
+    from breadcrumbs_vllm.checkpoint import BreadcrumbsConfig
+    from breadcrumbs_vllm.evaluation.runner import EvalRow, Switch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "student to evaluate it and its teacher on the same problems")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--ratios", default="none,2,4,8,16")
+    p.add_argument("--switch", action="append", default=[], metavar="C0:C1@mid|C0:C1@T",
+                   help="also a row along a ratio path that rises once (repeatable): ratio C0, "
+                        "then C1 from the first window boundary of C0 at or after max_tokens // 2 "
+                        "(@mid) or T (@T) generated tokens, e.g. 4:16@mid")
     p.add_argument("--baselines", default="streaming,tova", help="comma list, or '' for none")
     p.add_argument("--baseline-model", default=None,
                    help="the model the baselines compress (default: the teacher a student's "
@@ -99,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.max_tokens < 1 or args.batch_size < 1:
         raise ValueError("--n, --max-tokens and --batch-size must be positive")
     budgets = parse_budgets(args.budgets) if args.budgets is not None else None
+    switches = [parse_switch(text, args.max_tokens, bc) for text in args.switch]
+    if switches and budgets is not None:
+        raise ValueError("--switch goes with the per-problem mode, not --budgets")
 
     engine = ReferenceEngine.from_checkpoint(args.model)
     # The baseline model also runs the teacher rows of the fixed-budget mode.
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         rows = evaluator.run_fixed_budget(problems, budgets, [r for r in ratios if r is not None],
                                           baselines)
     else:
-        rows = evaluator.run(problems, ratios, baselines)
+        rows = evaluator.run(problems, ratios, baselines, switches)
 
     knobs = "".join(f", {k}={v}" for k, v in options.items())
     title = f"{task.name}{knobs}: {Path(args.model).name}, n={args.n}, seed={args.seed}"
@@ -195,6 +208,28 @@ def default_baseline_model(model: Path, teacher: str | None) -> str:
         raise ValueError(f"the teacher {model / teacher} holds no weights (a training stage's "
                          "record): pass --baseline-model, or --baselines '' for none")
     return str(model / teacher)
+
+
+def parse_switch(text: str, max_tokens: int, bc: BreadcrumbsConfig) -> Switch:
+    """``"4:16@mid"`` -> ratio 4, then 16 from the first boundary of 4 at or after
+    ``max_tokens // 2`` generated tokens (``"4:16@100"``: at or after 100), with one-line errors."""
+    from breadcrumbs_vllm.evaluation.runner import Switch
+
+    try:
+        ratios, when = text.split("@")
+        start, higher = (int(r) for r in ratios.split(":"))
+        target = max_tokens // 2 if when == "mid" else int(when)
+    except ValueError:
+        raise ValueError(f"--switch takes C0:C1@mid or C0:C1@T, e.g. 4:16@mid; got {text!r}") from None
+    for ratio in (start, higher):
+        bc.check_ratio(ratio)
+    if higher <= start:
+        raise ValueError(f"--switch {text}: ratios only rise ({higher} is not above {start})")
+    at = max(1, -(-target // start)) * start  # the first boundary at or after target
+    if at >= max_tokens:
+        raise ValueError(f"--switch {text}: the switch at {at} generated tokens is not before "
+                         f"--max-tokens {max_tokens}")
+    return Switch(start, higher, at)
 
 
 def parse_budgets(text: str) -> list[int]:

@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="teacher checkpoint folder (required, except with --resume: the "
                               "run's recorded config names it)")
     student.add_argument("--ratios", default="2,4,8,16", help="ratios sampled per sequence")
+    student.add_argument("--switch-share", type=float, default=0.0,
+                         help="share of sequences whose ratio rises once (rule 8): from a ratio "
+                              "of --ratios to a larger one, at a random window boundary, so the "
+                              "student serves a ratio raised mid-generation")
     student.add_argument("--sequential", action="store_true",
                          help="distil from the frozen teacher (ablation) instead of jointly")
     student.add_argument("--on-policy", action="store_true",
@@ -316,6 +320,7 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
         init = str(Path(args.init).resolve())
     return TrainConfig(task=task, task_options=teacher.task_options,
                        teacher=str(Path(args.teacher).resolve()), ratios=ratios,
+                       switch_share=args.switch_share,
                        sequential=args.sequential, on_policy=args.on_policy,
                        distill_lr=args.distill_lr, sft_steps=0,
                        trace_steps=args.trace_steps, sft_batch=args.trace_batch,

@@ -69,9 +69,11 @@ def _save(fig, ax, path: Path, title: str, xlabel: str, legend_outside: bool = F
 
 
 def plot_frontier(rows: Sequence[EvalRow], path: Path, title: str) -> None:
-    """Accuracy against mean peak KV entries per sequence: one line per method."""
+    """Accuracy against mean peak KV entries per sequence: one line per method, a point per
+    switch row (a ratio path is no point of the fixed-ratio frontier)."""
     fig, ax = _accuracy_axes()
-    beacon = sorted((r for r in rows if r.setting == "none" or r.setting.startswith("c=")),
+    beacon = sorted((r for r in rows if r.setting == "none"
+                     or r.setting.startswith("c=") and not r.switches),
                     key=lambda r: r.peak_kv_entries)
     ax.plot([r.peak_kv_entries for r in beacon], [r.accuracy for r in beacon], "o-",
             label="breadcrumbs (beacons)")

@@ -6,6 +6,9 @@ Every setting decodes the same problems, in one of two modes:
   runs the baseline model (a student's teacher, by default in ``breadcrumbs eval``) under the
   baseline's policy with a KV budget equal to the peak that problem reached at that ratio, so the
   comparison is at the same peak memory, sequence by sequence.
+  A switch row (:class:`Switch`, ``breadcrumbs eval --switch``) decodes the model along a ratio
+  path that rises once (spec rule 8), as a server raising a request's ratio under KV pressure
+  would; it has no baselines.
 - **fixed budget** (:meth:`Evaluator.run_fixed_budget`): every method gets the same budget ``B``
   entries, prompt included, for each ``B`` of a sweep: the test-time-scaling comparison, where
   a compressed model can afford a longer chain of reasoning within the same memory.
@@ -32,8 +35,10 @@ from breadcrumbs_vllm.tasks.base import Problem, Task
 class EvalRow:
     """One line of the results table (and one object of the results JSON)."""
 
-    setting: str  # "none", "c=8", or a baseline name
-    ratio: int | None  # the compression ratio, or for a baseline the ratio whose peak it matches
+    setting: str  # "none", "c=8", a switch "c=4→16@256", or a baseline name
+    #: The compression ratio (a switch row: the start ratio), or for a baseline the ratio whose
+    #: peak it matches.
+    ratio: int | None
     budget: float | None  # baselines: mean KV budget per sequence
     accuracy: float
     mean_generated_tokens: float
@@ -47,9 +52,31 @@ class EvalRow:
     kv_budget: int | None = None
     #: How the generations ended: ``stop``, ``length`` or ``budget`` (stopped at ``B``).
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    #: A switch row: the ``(t, c)`` where its ratio rises (rule 8); empty for a fixed ratio.
+    switches: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A ratio path with one rise: ``start`` until ``at`` generated tokens, then ``higher``.
+
+    ``at`` is a window boundary of ``start`` (a positive multiple of it), as rule 8 requires.
+    """
+
+    start: int
+    higher: int
+    at: int
+
+    @property
+    def setting(self) -> str:
+        return f"c={self.start}→{self.higher}@{self.at}"
+
+    def request_options(self) -> dict:
+        """The :class:`GenerationRequest` fields that decode along this path."""
+        return {"ratio": self.start, "switches": ((self.at, self.higher),)}
 
 
 def chat_prompt_ids(engine: ReferenceEngine, problem: Problem) -> list[int]:
@@ -77,10 +104,10 @@ class Evaluator:
         self.progress = progress
 
     def run(self, problems: Sequence[Problem], ratios: Sequence[int | None],
-            baselines: Sequence[str]) -> list[EvalRow]:
-        """One row per ratio, then one row per (baseline, compressed ratio) pair."""
+            baselines: Sequence[str], switches: Sequence[Switch] = ()) -> list[EvalRow]:
+        """One row per ratio, one per switch, then one per (baseline, compressed ratio) pair."""
         prompts = [chat_prompt_ids(self.engine, p) for p in problems]
-        total = len(ratios) + len(baselines) * sum(r is not None for r in ratios)
+        total = len(ratios) + len(switches) + len(baselines) * sum(r is not None for r in ratios)
         bar = tqdm(total=total * len(problems), desc="eval", unit="seq", disable=not self.progress)
         rows: list[EvalRow] = []
         peaks: dict[int, list[int]] = {}
@@ -90,6 +117,12 @@ class Evaluator:
                                   problems, results))
             if ratio is not None:
                 peaks[ratio] = [r.peak_kv_entries for r in results]
+        for switch in switches:
+            results = self._decode(self.engine, prompts, bar,
+                                   lambda i, switch=switch: switch.request_options())
+            row = self._row(switch.setting, switch.start, None, problems, results)
+            row.switches = [[switch.at, switch.higher]]
+            rows.append(row)
         for name in baselines:
             for ratio, budget in peaks.items():
                 results = self._decode(self.baseline_engine, prompts, bar,

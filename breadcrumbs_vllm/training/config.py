@@ -20,6 +20,12 @@ class TrainConfig:
     then ``rl_steps`` steps, each one a batch of teacher rollouts that the teacher learns from
     (joint mode only) and the student distils. The student's learning rate follows one warmup +
     cosine schedule over both phases.
+
+    ``switch_share`` (rule 8, ratios that rise): the share of student sequences whose ratio path
+    rises once instead of staying fixed, so one checkpoint also serves a request whose ratio the
+    server raises mid-generation. Such a sequence starts at a ratio drawn from ``ratios`` less the
+    largest, rises to one drawn from the larger ones, at a window boundary drawn uniformly from
+    those its generated tokens reach (:class:`~breadcrumbs_vllm.training.trainer.Rise`).
     """
 
     stage: str  # "teacher" or "student"
@@ -50,6 +56,7 @@ class TrainConfig:
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
     on_policy: bool = False  # rollouts sampled from the student (with beacons), not the teacher
+    switch_share: float = 0.0  # share of student sequences whose ratio rises once (rule 8)
     distill_lr: float = 1e-3
     trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
     trace_ce: float = 0.0  # warm start: weight of cross-entropy on the trace tokens next to the KL
@@ -68,6 +75,12 @@ class TrainConfig:
     eval_n: int = 32
     eval_seed: int = 4321  # periodic eval; `breadcrumbs eval` uses 1234; training never uses either
     save_every: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.switch_share <= 1.0:
+            raise ValueError(f"--switch-share must be in [0, 1], got {self.switch_share}")
+        if self.switch_share and len(set(self.ratios)) < 2:
+            raise ValueError("--switch-share needs two or more --ratios (a ratio to rise to)")
 
     @property
     def total_steps(self) -> int:

@@ -12,7 +12,9 @@ Read top to bottom: :class:`Run` owns the models, optimisers, step counter and c
   teacher's logits on solver traces (plus ``trace_ce`` x cross-entropy on the traces); then each
   step samples a rollout batch from the teacher; in joint mode the teacher takes its GRPO
   step on it, and the student always minimises KL(teacher || student) on the same sequences
-  under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``. ``sequential``
+  under the rule-6 beacon mask, with the ratio drawn per sequence from ``ratios``; with
+  ``switch_share`` a share of the sequences take a ratio path that rises once (rule 8,
+  :class:`Rise`) and are masked along it. ``sequential``
   keeps the teacher frozen (distillation from a finished teacher), for the ablation.
   ``on_policy`` (with ``sequential``) samples the rollouts from the student instead, with beacons
   at the ratios its step then trains on: the teacher labels the states the student's own decoding
@@ -53,6 +55,7 @@ from breadcrumbs_vllm.checkpoint import (
 from breadcrumbs_vllm.data import DataSpec, DataTask
 from breadcrumbs_vllm.evaluation.runner import Evaluator, chat_prompt_ids
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
+from breadcrumbs_vllm.spec import RatioPath
 from breadcrumbs_vllm.tasks import Problem, Task, get_task
 from breadcrumbs_vllm.tokenizer import build_tokenizer, load_tokenizer, pad_token_id
 from breadcrumbs_vllm.training.config import TrainConfig
@@ -89,6 +92,43 @@ def step_problems(cfg: TrainConfig, task: Task, step: int, rank: int = 0) -> lis
         stream = 0 if cfg.stage == "teacher" else 4
         return task.problems(cfg.sft_batch, step_seed(cfg, step, stream, rank))
     return task.problems(cfg.rl_problems, step_seed(cfg, step, 1, rank))
+
+
+@dataclass(frozen=True)
+class Rise:
+    """One sequence's drawn rise (``switch_share``, spec rule 8): from ``start`` to ``higher``.
+
+    ``at`` in ``[0, 1)`` picks the boundary once the sequence's length is known: distillation
+    learns the switch where the sequence has one, and the same draw serves any length.
+    """
+
+    start: int
+    higher: int
+    at: float
+
+    def switches(self, generated_len: int) -> RatioPath:
+        """The switch at one of the boundaries ``start, 2 * start, ...`` that a generated token
+        follows (``t < generated_len``: a switch at the last token would change nothing), each
+        equally likely; none when the sequence is too short to have one."""
+        boundaries = (generated_len - 1) // self.start
+        if boundaries < 1:
+            return ()
+        return ((self.start * (1 + int(self.at * boundaries)), self.higher),)
+
+
+def step_rises(cfg: TrainConfig, step: int, n: int, rank: int = 0) -> list[Rise | None]:
+    """Which of step ``step``'s ``n`` student sequences rise (each with probability
+    ``switch_share``), and how. A stream of its own, so runs without switches draw as before."""
+    if not cfg.switch_share:
+        return [None] * n
+    rng = random.Random(step_seed(cfg, step, 5, rank))
+    ratios = sorted(set(cfg.ratios))
+    rises: list[Rise | None] = []
+    for _ in range(n):
+        start = rng.choice(ratios[:-1])
+        rise = Rise(start, rng.choice([r for r in ratios if r > start]), rng.random())
+        rises.append(rise if rng.random() < cfg.switch_share else None)
+    return rises
 
 
 def solver_batch(engine: ReferenceEngine, task: Task,
@@ -254,14 +294,15 @@ class Run:
         return Rollouts(prompts, traces, torch.ones(len(prompts)), logits)
 
     def student_step(self, rollouts: Rollouts, ce_weight: float = 0.0) -> dict:
-        """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio.
+        """KL(teacher || student) on the teacher's rollouts, each with its own sampled ratio path.
 
         ``ce_weight`` adds cross-entropy on the sequences' own tokens: on solver traces (the warm
         start) those are the correct reasoning, a sharper target than the teacher's soft one.
         """
         cfg = self.cfg
         batch = self.batch(rollouts.prompts, rollouts.generations,
-                           self.step_ratios(len(rollouts.prompts)))
+                           self.step_ratios(len(rollouts.prompts)),
+                           self.step_switches(rollouts.generations))
         set_lr(self.student_opt, cfg.distill_lr * lr_factor(self.step, cfg.warmup, cfg.total_steps))
         logits = self.predict(self.student, batch)
         kl = distill_kl(logits, rollouts.teacher_logits)
@@ -276,16 +317,28 @@ class Run:
 
     # --- helpers -----------------------------------------------------------------------------
     def step_ratios(self, n: int) -> list[int]:
-        """The ratio of each of this step's ``n`` student sequences: one draw per (run, step), so
-        on-policy sampling and the distillation step that follows agree."""
+        """The (start) ratio of each of this step's ``n`` student sequences: one draw per (run,
+        step), so on-policy sampling and the distillation step that follows agree."""
         rng = random.Random(step_seed(self.cfg, self.step, 2, self.acc.process_index))
-        return [rng.choice(self.cfg.ratios) for _ in range(n)]
+        fixed = [rng.choice(self.cfg.ratios) for _ in range(n)]
+        return [ratio if rise is None else rise.start
+                for ratio, rise in zip(fixed, self.step_rises(n), strict=True)]
+
+    def step_switches(self, generations: list[list[int]]) -> list[RatioPath]:
+        """Where each sequence's ratio rises (``()``: it stays at its start ratio)."""
+        return [() if rise is None else rise.switches(len(g))
+                for rise, g in zip(self.step_rises(len(generations)), generations, strict=True)]
+
+    def step_rises(self, n: int) -> list[Rise | None]:
+        return step_rises(self.cfg, self.step, n, self.acc.process_index)
 
     def sample(self, problems: list[Problem]) -> Rollouts:
         """Completions (temperature ``cfg.temperature``), rewards, teacher logits.
 
         The teacher samples them; with ``on_policy`` the student does, with beacons at the ratios
-        of :meth:`step_ratios`, and the rewards are the student's.
+        of :meth:`step_ratios`, and the rewards are the student's. A rising sequence is sampled at
+        its start ratio: where it rises depends on its length, known only once it is sampled, so
+        its tokens after the switch are the student's at the start ratio, not along the path.
         """
         cfg = self.cfg
         policy = self.student if cfg.on_policy else self.teacher
@@ -328,9 +381,11 @@ class Run:
             self.sampler.load_weights(self.acc.unwrap_model(policy))
         return self.sampler.sample(prompts, ratios, cfg.max_tokens, cfg.temperature, seed)
 
-    def batch(self, prompts, generations, ratios) -> BeaconBatch:
+    def batch(self, prompts, generations, ratios,
+              switches: list[RatioPath] | None = None) -> BeaconBatch:
         return build_beacon_batch(prompts, generations, ratios, self.bc.beacon_token_id,
-                                  pad_token_id(self.tokenizer)).to(self.acc.device)
+                                  pad_token_id(self.tokenizer),
+                                  switches=switches).to(self.acc.device)
 
     @staticmethod
     def predict(model, batch: BeaconBatch) -> torch.Tensor:
