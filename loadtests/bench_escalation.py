@@ -5,7 +5,9 @@ arrive at seeded exponential intervals, whatever the engine is doing, on a KV po
 hold them all at once. Three arms decode the same arrivals, each on its own in-process engine
 with the same pool:
 
-* ``stock``: vLLM without the plugin (a view of the checkpoint without its ``breadcrumbs`` block);
+* ``stock``: vLLM without the plugin on the student's teacher (what one would serve without
+  beacons: a student is trained for compressed decoding only), seen without its ``breadcrumbs``
+  block;
 * ``auto-admission``: ``compression_ratio: "auto"``, the ratio fixed when a request is admitted
   (``--additional-config '{"breadcrumbs_escalation": false}'``);
 * ``auto-escalation``: the same requests, allowed to rise while they run (``kv_budget.py``).
@@ -59,7 +61,7 @@ def make_engine(model: Path, arm: str, args):
     extra = {TARGET_KEY: args.target, ESCALATION_KEY: arm == "auto-escalation"}
     return LLM(model=str(model), dtype="float32", block_size=32, max_model_len=args.max_model_len,
                num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=True, seed=0,
-               enforce_eager=True, additional_config=None if arm == "stock" else extra)
+               enforce_eager=True, additional_config={} if arm == "stock" else extra)
 
 
 def arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -164,14 +166,15 @@ def main() -> None:
     problems = task.problems(args.problems, args.seed)
     times = arrivals(len(problems), args.rate, args.seed)
     rows = []
+    teacher = (args.model / bc.teacher).resolve() if bc.teacher else args.model
     with tempfile.TemporaryDirectory() as tmp:
-        stock = stock_view(args.model, Path(tmp) / "stock")
+        stock = stock_view(teacher, Path(tmp) / "stock")
         for arm in ARMS:
             llm = make_engine(stock if arm == "stock" else args.model, arm, args)
             tokenizer = llm.get_tokenizer()
             prompts = [tokenizer.apply_chat_template(
                 [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
-                tokenize=True) for pr in problems]
+                tokenize=True, return_dict=False) for pr in problems]
             texts, latencies, tok_s, preemptions, escalations = run_arm(llm, arm, prompts,
                                                                         times, args)
             accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
