@@ -1,8 +1,9 @@
 """Escalation under KV pressure: stock vLLM, "auto" fixed at admission, "auto" that may rise.
 
-An open-loop workload: held-out problems of the model's task (the seed training never uses)
-arrive at seeded exponential intervals, whatever the engine is doing, on a KV pool too small to
-hold them all at once. Three arms decode the same arrivals, each on its own in-process engine
+An open-loop workload: held-out problems of the model's task (of the evaluation seed, less those
+the model's lineage trained on, as ``breadcrumbs eval --held-out-from`` draws them) arrive at
+seeded exponential intervals, whatever the engine is doing, on a KV pool too small to
+hold them all at once. Four arms decode the same arrivals, each on its own in-process engine
 with the same pool:
 
 * ``stock``: vLLM without the plugin on the student's teacher (what one would serve without
@@ -10,13 +11,17 @@ with the same pool:
   block;
 * ``auto-admission``: ``compression_ratio: "auto"``, the ratio fixed when a request is admitted
   (``--additional-config '{"breadcrumbs_escalation": false}'``);
-* ``auto-escalation``: the same requests, allowed to rise while they run (``kv_budget.py``).
+* ``auto-rises-only``: the same requests, allowed to rise while they run, admitted as stock
+  vLLM admits them (``{"breadcrumbs_admission_rule": false}``): the ablation;
+* ``auto-escalation``: escalation as served (``kv_budget.py``): requests rise, and one is
+  admitted only into room the running ones' projected growth leaves.
 
-Per arm: preemptions, ratio escalations, generated tokens/s, p50/p99 latency (arrival to last
-token) and the accuracy of the answers (the task's verifier). Writes JSON and a plot.
+Per arm and arrival rate: preemptions, ratio escalations, generated tokens/s, p50/p99 latency
+(arrival to last token) and the accuracy of the answers (the task's verifier). Each arm's engine
+serves every rate in turn, its prefix cache emptied in between. Writes JSON and a plot.
 
     python loadtests/bench_escalation.py                       # the bundled Countdown student
-    python loadtests/bench_escalation.py --model models/countdown-student --problems 64
+    python loadtests/bench_escalation.py --rates 10 --problems 48 --no-held-out   # a quick look
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from bench_plugin import stock_view
 
-ARMS = ("stock", "auto-admission", "auto-escalation")
+ARMS = ("stock", "auto-admission", "auto-rises-only", "auto-escalation")
 
 
 @dataclass
 class ArmFigures:
     arm: str
+    rate: float
     preemptions: int
     escalations: int
     tokens_per_s: float
@@ -56,9 +62,10 @@ class ArmFigures:
 def make_engine(model: Path, arm: str, args):
     from vllm import LLM
 
-    from breadcrumbs_vllm.vllm_plugin.kv_budget import ESCALATION_KEY, TARGET_KEY
+    from breadcrumbs_vllm.vllm_plugin.kv_budget import ADMISSION_KEY, ESCALATION_KEY, TARGET_KEY
 
-    extra = {TARGET_KEY: args.target, ESCALATION_KEY: arm == "auto-escalation"}
+    extra = {TARGET_KEY: args.target, ESCALATION_KEY: arm != "auto-admission",
+             ADMISSION_KEY: arm == "auto-escalation"}
     return LLM(model=str(model), dtype="float32", block_size=32, max_model_len=args.max_model_len,
                num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=True, seed=0,
                enforce_eager=True, additional_config={} if arm == "stock" else extra)
@@ -73,7 +80,7 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
     return out
 
 
-def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args):
+def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, label: str):
     """Feed the arrivals open loop; returns (texts by index, latencies, tokens/s, preemptions,
     escalations)."""
     from vllm import SamplingParams
@@ -95,7 +102,7 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args):
     escalations_before = _escalations(scheduler)
     texts, latencies, tokens, sent = {}, {}, 0, 0
     start = time.perf_counter()
-    with tqdm(total=len(prompts), desc=arm, unit="req") as bar:
+    with tqdm(total=len(prompts), desc=label, unit="req") as bar:
         while len(texts) < len(prompts):
             now = time.perf_counter() - start
             while sent < len(prompts) and times[sent] <= now:
@@ -128,6 +135,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def plot(rows: list[ArmFigures], path: Path) -> None:
+    """One panel per figure, arrival rate on x, one line per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,12 +143,17 @@ def plot(rows: list[ArmFigures], path: Path) -> None:
 
     fields = [("preemptions", "preemptions"), ("tokens_per_s", "tokens/s"),
               ("latency_p99_s", "p99 latency (s)"), ("accuracy", "accuracy")]
+    colors = dict(zip(ARMS, ["#888888", "#4c72b0", "#55a868", "#dd8452"], strict=True))
     fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2))
     for ax, (key, label) in zip(axes, fields, strict=True):
-        ax.bar([r.arm for r in rows], [getattr(r, key) for r in rows],
-               color=["#888888", "#4c72b0", "#dd8452"])
+        for arm in ARMS:
+            mine = [r for r in rows if r.arm == arm]
+            ax.plot([r.rate for r in mine], [getattr(r, key) for r in mine], "o-", label=arm,
+                    color=colors[arm])
         ax.set_title(label)
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.set_xscale("log")
+        ax.set_xlabel("arrivals per second")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -151,20 +164,31 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/countdown-student"))
-    p.add_argument("--problems", type=int, default=64)
+    p.add_argument("--problems", type=int, default=96)
     p.add_argument("--seed", type=int, default=1234, help="problem seed (training never uses it)")
-    p.add_argument("--rate", type=float, default=4.0, help="arrivals per second")
+    p.add_argument("--held-out", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip the problems the model's lineage trained on (replays its training "
+                        "draws first: a few minutes)")
+    p.add_argument("--rates", default="2,5,10,20",
+                   help="arrivals per second, comma-separated: each arm serves every rate")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--pool-blocks", type=int, default=48)
+    p.add_argument("--pool-blocks", type=int, default=40)
     p.add_argument("--target", type=float, default=0.8, help="the projected-usage target")
     p.add_argument("--out", type=Path, default=Path("escalation.json"))
     args = p.parse_args()
 
     bc = read_breadcrumbs_config(args.model)
     task = get_task(bc.task, **bc.task_options)
-    problems = task.problems(args.problems, args.seed)
-    times = arrivals(len(problems), args.rate, args.seed)
+    if args.held_out:
+        from breadcrumbs_vllm.evaluation.held_out import training_prompts, unseen_problems
+
+        problems, skipped = unseen_problems(task, args.problems, args.seed,
+                                            training_prompts(args.model))
+        print(f"held out: skipped {skipped} problems of seed {args.seed} seen in training")
+    else:
+        problems = task.problems(args.problems, args.seed)
+    rates = [float(r) for r in args.rates.split(",")]
     rows = []
     teacher = (args.model / bc.teacher).resolve() if bc.teacher else args.model
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,25 +199,32 @@ def main() -> None:
             prompts = [tokenizer.apply_chat_template(
                 [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
                 tokenize=True, return_dict=False) for pr in problems]
-            texts, latencies, tok_s, preemptions, escalations = run_arm(llm, arm, prompts,
-                                                                        times, args)
-            accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
-            rows.append(ArmFigures(arm, preemptions, escalations, tok_s,
-                                   _percentile(latencies, 50), _percentile(latencies, 99),
-                                   accuracy / len(problems), len(problems)))
+            for rate in rates:
+                llm.reset_prefix_cache()  # no rate finds the prompts of the one before
+                times = arrivals(len(problems), rate, args.seed)
+                texts, latencies, tok_s, preemptions, escalations = run_arm(
+                    llm, arm, prompts, times, args, f"{arm} @{rate:g}/s")
+                accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
+                rows.append(ArmFigures(arm, rate, preemptions, escalations, tok_s,
+                                       _percentile(latencies, 50), _percentile(latencies, 99),
+                                       accuracy / len(problems), len(problems)))
             llm.llm_engine.engine_core.shutdown()
             del llm
-    print(f"{'arm':<16} {'preempt':>8} {'escal':>6} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} "
-          f"{'acc':>6}")
+    rows.sort(key=lambda r: (r.rate, ARMS.index(r.arm)))
+    print(f"{'rate/s':>6} {'arm':<16} {'preempt':>8} {'escal':>6} {'tok/s':>8} {'p50 s':>7} "
+          f"{'p99 s':>7} {'acc':>6}")
     for r in rows:
-        print(f"{r.arm:<16} {r.preemptions:>8} {r.escalations:>6} {r.tokens_per_s:>8.1f} "
-              f"{r.latency_p50_s:>7.2f} {r.latency_p99_s:>7.2f} {r.accuracy:>6.1%}")
-    admission, escalation = rows[1], rows[2]
-    if admission.preemptions:
-        print(f"escalation vs admission-only: preemptions x"
-              f"{escalation.preemptions / admission.preemptions:.2f}, tok/s x"
-              f"{escalation.tokens_per_s / admission.tokens_per_s:.2f}, accuracy "
-              f"{100 * (escalation.accuracy - admission.accuracy):+.1f} points")
+        print(f"{r.rate:>6g} {r.arm:<16} {r.preemptions:>8} {r.escalations:>6} "
+              f"{r.tokens_per_s:>8.1f} {r.latency_p50_s:>7.2f} {r.latency_p99_s:>7.2f} "
+              f"{r.accuracy:>6.1%}")
+    for rate in rates:
+        by_arm = {r.arm: r for r in rows if r.rate == rate}
+        admission, escalation = by_arm["auto-admission"], by_arm["auto-escalation"]
+        if admission.preemptions:
+            print(f"@{rate:g}/s escalation vs admission-only: preemptions x"
+                  f"{escalation.preemptions / admission.preemptions:.2f}, tok/s x"
+                  f"{escalation.tokens_per_s / admission.tokens_per_s:.2f}, accuracy "
+                  f"{100 * (escalation.accuracy - admission.accuracy):+.1f} points")
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "arms": [asdict(r) for r in rows]}, indent=2))
     plot(rows, args.out.with_suffix(".png"))

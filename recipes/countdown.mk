@@ -2,19 +2,23 @@
 # `make -f recipes/countdown.mk TARGET`; the comment after each target names the committed record
 # of what it builds (tests/test_bundled_models.py checks the flags against it). The teacher: trained
 # from random weights (teacher-1), 1200 more SFT steps (teacher-2-sft), a KL-guarded GRPO stage
-# (teacher). The student: stages 1-3 distilled from teacher-1, stages 4-10 from the served teacher
-# (stages 6 and 9 were not kept). Times: teacher-1 and stage 1 on 2 cores of a CPU with native
-# bf16; the rest on 2 cores of an AVX2-only CPU in float32 (teacher-1 and stage 1 take about twice
-# as long there).
+# (teacher). The student: stages 1-3 distilled from teacher-1, stages 4-12 from the served teacher
+# (stages 6 and 9 were not kept; 11 and 12 also train ratios that rise mid-request). Times:
+# teacher-1, stage 1 and stages 11-12 on 2 cores of a CPU with native bf16 (`auto` picks bf16
+# autocast there); the rest on 2 cores of an AVX2-only CPU in float32 (teacher-1 and stage 1 take
+# about twice as long there).
 include recipes/common.mk
 
 .PHONY: teacher-1 teacher-2-sft teacher student-1 student-2 student-3 student-4 student-5 \
-	student-7 student-8 student ablation
+	student-7 student-8 student-10 student-11 student ablation
 
 STUDENT := --ratios 2,4,8,16 --max-tokens 512 --eval-n 16 --eval-every 100000 --threads 2
 FROM_TEACHER_1 := student --teacher $(STAGES)/countdown-teacher-1 $(STUDENT) $(TRACES)
 FROM_TEACHER := student --teacher models/countdown-teacher $(STUDENT) $(TRACES)
 TEACHER_FLAGS := --eval-n 64 --threads 2 --mixed-precision auto
+# Stage 10 on: 300 steps of 48 traces, trace cross-entropy 10x, from the served teacher.
+STAGE_10_ON := student --teacher models/countdown-teacher $(STUDENT) --trace-batch 48 --sequential \
+	--warmup 30 --mixed-precision auto --trace-ce 10 --trace-steps 300 --distill-lr 2e-4
 
 teacher-1:  # docs/results/stages/countdown-teacher-1: from random weights, 46 min
 	$(TRAIN) teacher --task-option high=12 --out $(STAGES)/countdown-teacher-1 --layers 4 \
@@ -58,10 +62,17 @@ student-8:  # docs/results/stages/countdown-student-8: 300 more steps of the sam
 	$(TRAIN) $(FROM_TEACHER) --trace-ce 3 --init $(STAGES)/countdown-student-7 \
 		--out $(STAGES)/countdown-student-8 --trace-steps 300 --distill-lr 3e-4 --seed 8
 
-student:  # models/countdown-student: stage 10, 300 steps, trace cross-entropy 10x, 24.8 min
-	$(TRAIN) student --teacher models/countdown-teacher $(STUDENT) --trace-batch 48 --sequential \
-		--warmup 30 --mixed-precision auto --trace-ce 10 --init $(STAGES)/countdown-student-8 \
-		--out runs/countdown-student --trace-steps 300 --distill-lr 2e-4 --seed 11
+student-10:  # docs/results/stages/countdown-student-10: 300 steps, trace cross-entropy 10x, 24.8 min
+	$(TRAIN) $(STAGE_10_ON) --init $(STAGES)/countdown-student-8 \
+		--out $(STAGES)/countdown-student-10 --seed 11
+
+student-11:  # docs/results/stages/countdown-student-11: a quarter of the paths rise once, 10.8 min
+	$(TRAIN) $(STAGE_10_ON) --init $(STAGES)/countdown-student-10 \
+		--out $(STAGES)/countdown-student-11 --seed 12 --switch-share 0.25
+
+student:  # models/countdown-student: stage 12, half of the paths rise once, 11 min
+	$(TRAIN) $(STAGE_10_ON) --init $(STAGES)/countdown-student-11 \
+		--out runs/countdown-student --seed 13 --switch-share 0.5
 
 # Joint vs sequential distillation from stage 1 under teacher-1: 20 rollout steps each, 3-5 min each.
 ROLLOUTS := --init $(STAGES)/countdown-student-1 --rl-steps 20 --rl-problems 4 --group 4 \

@@ -204,6 +204,45 @@ def test_alert_rules_are_loaded_and_quiet_after_the_soak(soak, prometheus):
     assert not query(prometheus, rules["BreadcrumbsKVBlocksLeaked"]["query"])
 
 
+def test_ranges_rise_under_pressure_and_say_which_path_they_ran(gateway, soak, prometheus):
+    """Six ranged requests at once on the small pool: their projected peaks at ratio 2 pass the
+    target, so the engine raises some of them mid-generation. Each answer, through the ``openai``
+    client, names the path it ran: from token 0, at the range's minimum or above (a request can
+    rise before its first token), only rising, within the range; Prometheus counts the rises."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gateway.base}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    counter = "sum(breadcrumbs_ratio_escalations_total)"
+    before = value(prometheus, counter)
+
+    def ask(_: int) -> list[list[int]]:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "count"}], max_tokens=200,
+            temperature=0, extra_body={"compression_ratio": {"min": 2, "max": 16},
+                                       "ignore_eos": True})
+        crumbs = reply.usage.model_extra["breadcrumbs"]
+        assert crumbs["ratio"] == 2 and reply.usage.completion_tokens == 200, crumbs
+        return crumbs["ratio_path"]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        paths = list(pool.map(ask, range(6)))
+    for path in paths:
+        starts, ratios = [t for t, _ in path], [c for _, c in path]
+        assert starts[0] == 0 and starts == sorted(set(starts)), paths
+        assert ratios == sorted(set(ratios)) and 2 <= ratios[0] and ratios[-1] <= 16, paths
+    assert any(len(path) > 1 or path[0][1] > 2 for path in paths), paths
+    # A path starts above 2 where its request rose before its first token, and two rises with
+    # no token between them show as one step, so the counter moves at least as far as this.
+    rises = sum(len(path) - 1 + (path[0][1] > 2) for path in paths)
+    deadline = time.monotonic() + 15
+    while value(prometheus, counter) < before + rises:
+        assert time.monotonic() < deadline, (value(prometheus, counter), before, paths)
+        time.sleep(0.5)
+
+
 def test_dashboard_plot_from_prometheus(gateway, soak, prometheus, tmp_path):
     """``deploy/grafana/plot_dashboard.py`` draws every panel from this Prometheus. With
     ``BREADCRUMBS_DASHBOARD_PNG`` set, the embedded run's picture goes there

@@ -5,6 +5,7 @@ the bundled-model lookup of ``breadcrumbs serve``. Remote upstreams are faked wi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -17,7 +18,8 @@ from breadcrumbs_vllm.checkpoint import (
     save_checkpoint,
 )
 from breadcrumbs_vllm.vllm_plugin.compression import resolve_ratio
-from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, choose_ratio
+from breadcrumbs_vllm.vllm_plugin.kv_budget import KVProjection, admits, choose_ratio
+from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 from breadcrumbs_vllm.vllm_plugin.report import KVLedger
 from server import Settings, create_app
 from server.cli import serve
@@ -50,6 +52,24 @@ def test_auto_takes_least_compression_that_fits(used, growth, expected):
     projection = KVProjection(used=used, growth_tokens=growth, capacity_tokens=1000)
     # prompt 10, max_tokens 90: peaks 100 (none), 56 (2), 36 (4), 29 (8), 31 (16)
     assert choose_ratio(CONFIG.ratios, 10, 90, projection, target=0.8) == expected
+
+
+def test_auto_never_runs_a_student_uncompressed():
+    """A student was trained for its ratios only: idle, "auto" gives it its smallest ratio."""
+    idle = KVProjection(used=0.0, growth_tokens=0, capacity_tokens=1000)
+    assert choose_ratio(CONFIG.ratios, 10, 90, idle, target=0.8) is None
+    assert choose_ratio(CONFIG.ratios, 10, 90, idle, target=0.8, uncompressed=False) == 2
+    busy = KVProjection(used=0.77, growth_tokens=0, capacity_tokens=1000)
+    assert choose_ratio(CONFIG.ratios, 10, 90, busy, target=0.8, uncompressed=False) == 8
+    assert BeaconModel(CONFIG).decodes_uncompressed
+    assert not BeaconModel(replace(CONFIG, teacher="../teacher")).decodes_uncompressed
+
+
+def test_admission_leaves_room_for_what_running_requests_may_still_grow_into():
+    running = KVProjection(used=0.5, growth_tokens=300, capacity_tokens=1000)  # 0.8 projected
+    assert admits(running, 200)  # exactly the pool
+    assert not admits(running, 201)
+    assert admits(KVProjection(0.0, 0, 0), 10**6)  # no pool to judge by: stock admission
 
 
 def test_projected_usage_adds_the_remaining_growth_over_the_pool():

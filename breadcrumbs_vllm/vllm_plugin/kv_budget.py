@@ -20,21 +20,37 @@ then the supported ratios in increasing order -- whose peak keeps
 ``projected + peak / pool <= target`` (``target`` defaults to 0.8; vLLM's
 ``--additional-config '{"breadcrumbs_kv_target": 0.7}'`` sets it). When nothing fits, take the
 ratio with the smallest peak (for a short request a huge ratio can peak higher than a middling
-one, because a whole window is held before its beacon). So an idle engine answers uncompressed
-and compression rises with load: a busy engine degrades memory before it queues.
+one, because a whole window is held before its beacon). So an idle engine answers with the least
+compression and compression rises with load: a busy engine degrades memory before it queues.
+"None" is a candidate only for a model that decodes well uncompressed, one whose ``breadcrumbs``
+block names no teacher (a converted model); a distilled student was trained for its ratios only
+(the bundled Countdown student scores 5% uncompressed against 86% at c=4 on the first 100
+problems of seed 1234), so for a student the least compression is its smallest ratio.
 
 **Escalation** (issue 42; the paper's first open question): a request that may rise -- sent with
 ``"auto"`` (up to the model's largest ratio) or a range ``{"min": a, "max": b}`` (up to ``b``);
 an integer ratio never changes -- gets longer windows from its next window boundary on, so it
-grows by ``1/c'`` of its tokens instead of ``1/c``. At the start of every step, and before vLLM
-preempts a request, the scheduler checks ``projected`` against the target (before a preemption:
-against 0, so every request that may rise does). Over it, :func:`escalate` takes the requests
-that may rise by their remaining growth, largest first, and raises each to its next supported
-ratio (an uncompressed one to the smallest), subtracting what each saves from the projection,
-until the projection is back under the target or none is left; vLLM preempts only when the pool
-is still short (a rise slows growth, it frees no block at once). One rise per request per step;
-the next step may raise it again, up to its maximum. Ratios never fall.
+grows by ``1/c'`` of its tokens instead of ``1/c``. At the start of every step the scheduler
+checks ``projected`` against the target. Over it, :func:`escalate` takes the requests that may
+rise by their remaining growth, largest first, and raises each to its next supported ratio (an
+uncompressed one to the smallest), subtracting what each saves from the projection, until the
+projection is back under the target or none is left. One rise per request per step; the next
+step may raise it again, up to its maximum. Ratios never fall.
 ``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off.
+
+A rise is no help once the pool is full: it frees no block, and the window it lengthens holds
+more entries before its beacon collapses it, so a request needs *more* blocks over the next few
+tokens. Raising every request that may rise at the moment vLLM preempts halved tokens/s and
+doubled preemptions in ``loadtests/bench_escalation.py`` (10 and 20 arrivals a second), so the
+scheduler no longer does it. What escalation keeps from preempting is what it leaves room for:
+
+**Admission** (with escalation on; requests sent with ``"auto"`` or a range only -- the ones that
+let the engine manage their memory): while other requests run, such a request is admitted,
+fresh or after a preemption, only when :func:`admits` says the pool holds what the *running*
+requests may still grow into plus its own peak. Otherwise it waits, as it would for a free
+block, instead of being admitted into growth the pool cannot hold and preempted later. Requests
+with a fixed ratio or none are admitted as stock vLLM admits them.
+``--additional-config '{"breadcrumbs_admission_rule": false}'`` keeps the rises and drops this.
 """
 
 from __future__ import annotations
@@ -50,6 +66,9 @@ DEFAULT_TARGET = 0.8
 #: ``additional_config`` key that turns escalation off (``false``): every ratio is then fixed
 #: at admission, "auto" included.
 ESCALATION_KEY = "breadcrumbs_escalation"
+#: ``additional_config`` key that keeps escalation's rises but drops its admission rule
+#: (``false``): the ablation ``loadtests/bench_escalation.py`` runs as its "auto-rises-only" arm.
+ADMISSION_KEY = "breadcrumbs_admission_rule"
 
 
 @dataclass(frozen=True)
@@ -69,10 +88,12 @@ class KVProjection:
 
 
 def choose_ratio(ratios: Sequence[int], prompt_len: int, max_tokens: int,
-                 projection: KVProjection, target: float) -> int | None:
-    """The ratio "auto" becomes for a request arriving at an engine in state ``projection``."""
+                 projection: KVProjection, target: float,
+                 uncompressed: bool = True) -> int | None:
+    """The ratio "auto" becomes for a request arriving at an engine in state ``projection``;
+    ``uncompressed``: whether running without beacons is a candidate (not for a student)."""
     peaks = {c: BeaconSchedule(prompt_len, c).peak_kv_entries(max_tokens)
-             for c in [None, *sorted(ratios)]}
+             for c in [None, *sorted(ratios)] if c is not None or uncompressed}
     for candidate, peak in peaks.items():
         share = peak / projection.capacity_tokens if projection.capacity_tokens else 0.0
         if projection.usage + share <= target:
@@ -102,3 +123,11 @@ def escalate(risers: Sequence[Riser], projection: KVProjection, target: float) -
             chosen.append(riser)
             usage -= saved / projection.capacity_tokens
     return chosen
+
+
+def admits(running: KVProjection, peak_tokens: int) -> bool:
+    """Whether a request that peaks at ``peak_tokens`` fits beside the running requests'
+    projected growth (``running`` counts running requests only): projected usage at most 1."""
+    if running.capacity_tokens <= 0:
+        return True
+    return running.usage + peak_tokens / running.capacity_tokens <= 1.0

@@ -28,6 +28,12 @@ class BeaconModel:
             return None
         return cls(BreadcrumbsConfig.from_dict(block))
 
+    @property
+    def decodes_uncompressed(self) -> bool:
+        """Whether ``"auto"`` may run a request without beacons: not for a distilled student
+        (its block names its teacher), which was trained for its ratios only."""
+        return self.bc.teacher is None
+
     def requested(self, params: Any) -> int | None | str:
         """The ratio a request's ``SamplingParams`` ask for (``None`` for pooling requests,
         which carry none): a supported ratio, ``None`` or ``"auto"``; ``ValueError`` otherwise."""

@@ -12,17 +12,21 @@ window is evicted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression
 from breadcrumbs_vllm.vllm_plugin.kv_budget import (
+    ADMISSION_KEY,
     DEFAULT_TARGET,
     ESCALATION_KEY,
     TARGET_KEY,
     KVProjection,
     Riser,
+    admits,
     choose_ratio,
     escalate,
 )
@@ -46,6 +50,9 @@ class PhysicalBlockAccountant(KVCacheManager):
 
     compressed: dict[str, RequestCompression]
     stats: CompressionStats
+    #: The scheduler's admission rule for requests not yet running (``kv_budget.admits``)
+    #: while requests sent with "auto" or a range are unfinished; ``None`` otherwise (stock).
+    admission: Callable[[Request], bool] | None
 
     @classmethod
     def adopt(cls, manager: KVCacheManager, compressed: dict[str, RequestCompression],
@@ -66,6 +73,7 @@ class PhysicalBlockAccountant(KVCacheManager):
         vars(accountant).update(vars(manager))
         accountant.compressed = compressed
         accountant.stats = stats
+        accountant.admission = None
         return accountant
 
     @property
@@ -87,6 +95,9 @@ class PhysicalBlockAccountant(KVCacheManager):
         # vLLM calls this for every scheduled request at every step, so the stock path costs a
         # test and a plain call: parameters spelled out (``check_surface`` pins them), where
         # ``*args, **kwargs`` and ``super()`` cost about four times the call itself.
+        if (self.admission is not None and has_scheduled_reqs
+                and request.status != RequestStatus.RUNNING and not self.admission(request)):
+            return None  # vLLM stops admitting for this step, as when no block is free
         comp = self.compressed.get(request.request_id) if self.compressed else None
         if comp is None or request.num_computed_tokens < comp.prompt_len:
             return KVCacheManager.allocate_slots(
@@ -154,6 +165,8 @@ class BreadcrumbsScheduler(Scheduler):
         self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET))
         #: Whether requests that may rise do (``kv_budget.ESCALATION_KEY``).
         self.escalation = bool(extra.get(ESCALATION_KEY, True))
+        #: Whether requests that may rise are also admitted by ``kv_budget.admits``.
+        self.admission_rule = self.escalation and bool(extra.get(ADMISSION_KEY, True))
         self.compressed: dict[str, RequestCompression] = {}
         #: What each compressed or ``"auto"`` request reports when it finishes.
         self.reported: dict[str, KVLedger] = {}
@@ -172,6 +185,8 @@ class BreadcrumbsScheduler(Scheduler):
         self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
         #: Whether the last holdings shipped may be non-empty (so the next step ships them too).
         self._holdings_shown = False
+        #: Unfinished requests sent with "auto" or a range: admitted by ``kv_budget.admits``.
+        self.managed: set[str] = set()
         self.kv_cache_manager = PhysicalBlockAccountant.adopt(
             self.kv_cache_manager, self.compressed, self.compression_stats)
         if self.connector is not None:
@@ -185,10 +200,14 @@ class BreadcrumbsScheduler(Scheduler):
         ceiling = self.beacon_model.ceiling(params)
         if ratio == AUTO:
             ratio = choose_ratio(self.beacon_model.bc.ratios, request.num_prompt_tokens,
-                                 request.max_tokens, self.kv_projection(), self.kv_target)
+                                 request.max_tokens, self.kv_projection(), self.kv_target,
+                                 self.beacon_model.decodes_uncompressed)
         comp = self.beacon_model.at_ratio(request.num_prompt_tokens, ratio, request.max_tokens)
         if comp is not None:
             self.compressed[req_id] = comp
+        if self.admission_rule and ceiling is not None:
+            self.managed.add(req_id)
+            self.kv_cache_manager.admission = self._admits
         if self.escalation and ceiling is not None and (ratio is None or ratio < ceiling):
             self.risers[req_id] = ceiling
         if comp is not None or ceiling is not None:
@@ -203,12 +222,20 @@ class BreadcrumbsScheduler(Scheduler):
         return Scheduler.schedule(self, *args, **kwargs)
 
     def _preempt_request(self, request, *args, **kwargs):
-        """vLLM's preemption, after every request that may rise rose one step (it slows their
-        growth; it frees no block at once, so the preemption still happens)."""
-        if self.risers:
-            self._escalate(0.0)
+        """vLLM's preemption, counted by whether a request could still have risen."""
         self.compression_stats.preempted(could_rise=bool(self.risers))
         return Scheduler._preempt_request(self, request, *args, **kwargs)
+
+    def _admits(self, request: Request) -> bool:
+        """Admission for a request not yet running (``kv_budget.admits``): one sent with
+        "auto" or a range waits until the running requests' projected growth leaves room for
+        its peak; any other is admitted as stock vLLM admits it."""
+        if request.request_id not in self.managed:
+            return True
+        comp = self.compressed.get(request.request_id)
+        peak = (comp.peak_entries if comp is not None
+                else request.num_prompt_tokens + request.max_tokens)
+        return admits(self.kv_projection(self.running), peak)
 
     def raise_ratio(self, req_id: str) -> bool:
         """Raise ``req_id`` one step now, whatever the KV usage; ``False`` if it may not rise
@@ -321,14 +348,16 @@ class BreadcrumbsScheduler(Scheduler):
         self._beacon_rows.clear()
         return plan
 
-    def kv_projection(self) -> KVProjection:
-        """This engine's pool now and its unfinished requests' remaining growth (kv_budget.py).
+    def kv_projection(self, requests=None) -> KVProjection:
+        """This engine's pool now and the remaining growth of ``requests`` (default: every
+        unfinished one; kv_budget.py).
 
-        Cost: a few integer operations per unfinished request, each time the stats ship (see
-        :meth:`make_stats`) and once per ``"auto"`` request.
+        Cost: a few integer operations per request, each time the stats ship (see
+        :meth:`make_stats`), once per ``"auto"`` request and per admission of one.
         """
         compressed, remaining = self.compressed, 0
-        for request in self.requests.values():  # inlined: this runs on every step
+        for request in self.requests.values() if requests is None else requests:
+            # inlined: this runs on every step
             comp = compressed.get(request.request_id)
             if comp is None:
                 left = (request.num_prompt_tokens + request.max_tokens
@@ -427,6 +456,9 @@ class BreadcrumbsScheduler(Scheduler):
         kv_params, ec_params = super()._free_request(request, *args, **kwargs)
         req_id = request.request_id
         self.risers.pop(req_id, None)
+        self.managed.discard(req_id)
+        if not self.managed:  # stock admission again: one test per allocation
+            self.kv_cache_manager.admission = None
         comp = self.compressed.pop(req_id, None)
         if comp is not None:
             self._in_batch.discard(req_id)
