@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def breadcrumbs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, check=False)
+from cli_run import breadcrumbs
 
 
 def test_the_library_never_imports_the_gateway() -> None:

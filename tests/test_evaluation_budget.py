@@ -4,12 +4,11 @@ on a tiny random model (seconds: nothing here trains or needs a trained model)."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_run import breadcrumbs
 
 from breadcrumbs_vllm.evaluation.auac import auac
 from breadcrumbs_vllm.evaluation.report import against_teacher, auac_by_method
@@ -97,11 +96,6 @@ def test_fixed_budget_mode_gives_every_method_the_same_budget(tiny_checkpoint):
         assert by[("c=4", b)].mean_generated_tokens > by[("teacher", b)].mean_generated_tokens
     with pytest.raises(ValueError, match="longest prompt"):
         evaluator.run_fixed_budget(problems, [longest], [4], [])
-
-
-def breadcrumbs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
-                          text=True, timeout=300, check=False)
 
 
 def test_eval_budgets_writes_table_json_and_plot(tiny_checkpoint, tmp_path: Path):

@@ -12,7 +12,7 @@ window is evicted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -348,7 +348,7 @@ class BreadcrumbsScheduler(Scheduler):
         self._beacon_rows.clear()
         return plan
 
-    def kv_projection(self, requests=None) -> KVProjection:
+    def kv_projection(self, requests: Iterable[Request] | None = None) -> KVProjection:
         """This engine's pool now and the remaining growth of ``requests`` (default: every
         unfinished one; kv_budget.py).
 
