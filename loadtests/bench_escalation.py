@@ -17,8 +17,12 @@ with the same pool:
   admitted only into room the running ones' projected growth leaves.
 
 Per arm and arrival rate: preemptions, ratio escalations, generated tokens/s, p50/p99 latency
-(arrival to last token) and the accuracy of the answers (the task's verifier). Each arm's engine
-serves every rate in turn, its prefix cache emptied in between. Writes JSON and a plot.
+(arrival to last token), the accuracy of the answers (the task's verifier), the requests
+decoding at once (vLLM's running list after each step, averaged) and the ratio each answer
+finished at. Each arm's engine serves every rate in turn, its prefix cache emptied in
+between; the arms run ``--repeats`` times in mirrored order (a b c d, d c b a), since wall-clock
+figures on a shared CPU drift. Prints each run, then the issue's comparison (escalation against
+admission-only "auto", means over the repeats); writes JSON and a plot of the means.
 
     python loadtests/bench_escalation.py                       # the bundled Countdown student
     python loadtests/bench_escalation.py --rates 10 --problems 48 --no-held-out   # a quick look
@@ -33,6 +37,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +53,9 @@ ARMS = ("stock", "auto-admission", "auto-rises-only", "auto-escalation")
 
 @dataclass
 class ArmFigures:
+    """One arm at one rate in one repeat."""
+
+    repeat: int
     arm: str
     rate: float
     preemptions: int
@@ -57,6 +65,10 @@ class ArmFigures:
     latency_p99_s: float
     accuracy: float
     n: int
+    #: Requests in vLLM's running list after each step, averaged over the steps with any.
+    mean_running: float
+    #: How many answers finished at each ratio ("none": uncompressed), from their reports.
+    final_ratios: dict[str, int]
 
 
 def make_engine(model: Path, arm: str, args):
@@ -82,9 +94,11 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, label: str):
     """Feed the arrivals open loop; returns (texts by index, latencies, tokens/s, preemptions,
-    escalations)."""
+    escalations, mean running, final ratios)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+
+    from breadcrumbs_vllm.vllm_plugin.report import read_report
 
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler
@@ -100,7 +114,7 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
     extra = None if arm == "stock" else {"compression_ratio": "auto"}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, extra_args=extra)
     escalations_before = _escalations(scheduler)
-    texts, latencies, tokens, sent = {}, {}, 0, 0
+    texts, latencies, tokens, sent, final, running = {}, {}, 0, 0, Counter(), []
     start = time.perf_counter()
     with tqdm(total=len(prompts), desc=label, unit="req") as bar:
         while len(texts) < len(prompts):
@@ -112,17 +126,22 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
             if not engine.has_unfinished_requests():
                 time.sleep(min(0.01, max(0.0, times[sent] - now)))
                 continue
-            for out in engine.step():
+            outputs = engine.step()
+            running.append(len(scheduler.running))
+            for out in outputs:
                 if out.finished:
                     i = int(out.request_id)
                     texts[i] = out.outputs[0].text
                     tokens += len(out.outputs[0].token_ids)
                     latencies[i] = time.perf_counter() - start - times[i]
+                    report = read_report(out.kv_transfer_params)
+                    final[str(report.path[-1][1]) if report is not None else "none"] += 1
                     bar.update()
     elapsed = time.perf_counter() - start
     scheduler._preempt_request = preempt
     return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed, preemptions,
-            _escalations(scheduler) - escalations_before)
+            _escalations(scheduler) - escalations_before, statistics.fmean(running),
+            dict(sorted(final.items())))
 
 
 def _escalations(scheduler) -> int:
@@ -134,8 +153,31 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def mean(rows: list[ArmFigures], arm: str, rate: float, key: str) -> float:
+    """``key``'s mean over the repeats of ``arm`` at ``rate``."""
+    return statistics.fmean(getattr(r, key) for r in rows if r.arm == arm and r.rate == rate)
+
+
+def compare(rows: list[ArmFigures], rate: float) -> str:
+    """The issue's comparison at ``rate``: escalation against admission-only "auto", means
+    over the repeats, with each repeat's tok/s ratio (their spread is the machine's noise)."""
+    def both(key: str) -> tuple[float, float]:
+        return (mean(rows, "auto-escalation", rate, key), mean(rows, "auto-admission", rate, key))
+
+    pairs = zip(*([r for r in rows if r.arm == arm and r.rate == rate]
+                  for arm in ("auto-escalation", "auto-admission")), strict=True)
+    runs = ", ".join(f"x{e.tokens_per_s / a.tokens_per_s:.2f}" for e, a in pairs)
+    (preempted, admission_preempted), (tok_s, admission_tok_s), (acc, admission_acc) = (
+        both("preemptions"), both("tokens_per_s"), both("accuracy"))
+    (running, admission_running) = both("mean_running")
+    return (f"@{rate:g}/s escalation vs admission-only: preemptions {preempted:g} vs "
+            f"{admission_preempted:g}, tok/s x{tok_s / admission_tok_s:.2f} (each run: {runs}), "
+            f"accuracy {100 * (acc - admission_acc):+.1f} points, mean running "
+            f"{running:.2f} vs {admission_running:.2f}")
+
+
 def plot(rows: list[ArmFigures], path: Path) -> None:
-    """One panel per figure, arrival rate on x, one line per arm."""
+    """One panel per figure, arrival rate on x, one line per arm (means over the repeats)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,12 +188,15 @@ def plot(rows: list[ArmFigures], path: Path) -> None:
     colors = dict(zip(ARMS, ["#888888", "#4c72b0", "#55a868", "#dd8452"], strict=True))
     fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2))
     for ax, (key, label) in zip(axes, fields, strict=True):
+        rates = sorted({r.rate for r in rows})
         for arm in ARMS:
-            mine = [r for r in rows if r.arm == arm]
-            ax.plot([r.rate for r in mine], [getattr(r, key) for r in mine], "o-", label=arm,
-                    color=colors[arm])
+            if any(r.arm == arm for r in rows):
+                ax.plot(rates, [mean(rows, arm, rate, key) for rate in rates], "o-", label=arm,
+                        color=colors[arm])
         ax.set_title(label)
         ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.minorticks_off()
         ax.set_xlabel("arrivals per second")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -164,19 +209,29 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/countdown-student"))
-    p.add_argument("--problems", type=int, default=96)
+    p.add_argument("--problems", type=int, default=192)
     p.add_argument("--seed", type=int, default=1234, help="problem seed (training never uses it)")
     p.add_argument("--held-out", action=argparse.BooleanOptionalAction, default=True,
                    help="skip the problems the model's lineage trained on (replays its training "
                         "draws first: a few minutes)")
-    p.add_argument("--rates", default="2,5,10,20",
+    p.add_argument("--rates", default="5,10,20",
                    help="arrivals per second, comma-separated: each arm serves every rate")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--pool-blocks", type=int, default=40)
     p.add_argument("--target", type=float, default=0.8, help="the projected-usage target")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help=f"comma-separated, of {', '.join(ARMS)} (auto-admission and "
+                        "auto-escalation are compared)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of every arm, in mirrored order (a b c, c b a, ...) so that a "
+                        "machine slowing down or speeding up weighs on every arm alike")
     p.add_argument("--out", type=Path, default=Path("escalation.json"))
     args = p.parse_args()
+    arms = [a for a in ARMS if a in args.arms.split(",")]
+    if {"auto-admission", "auto-escalation"} - set(arms) or set(args.arms.split(",")) - set(ARMS):
+        p.error(f"--arms: comma-separated, of {', '.join(ARMS)}, with auto-admission and "
+                "auto-escalation")
 
     bc = read_breadcrumbs_config(args.model)
     task = get_task(bc.task, **bc.task_options)
@@ -193,38 +248,35 @@ def main() -> None:
     teacher = (args.model / bc.teacher).resolve() if bc.teacher else args.model
     with tempfile.TemporaryDirectory() as tmp:
         stock = stock_view(teacher, Path(tmp) / "stock")
-        for arm in ARMS:
-            llm = make_engine(stock if arm == "stock" else args.model, arm, args)
-            tokenizer = llm.get_tokenizer()
-            prompts = [tokenizer.apply_chat_template(
-                [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
-                tokenize=True, return_dict=False) for pr in problems]
-            for rate in rates:
-                llm.reset_prefix_cache()  # no rate finds the prompts of the one before
-                times = arrivals(len(problems), rate, args.seed)
-                texts, latencies, tok_s, preemptions, escalations = run_arm(
-                    llm, arm, prompts, times, args, f"{arm} @{rate:g}/s")
-                accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
-                rows.append(ArmFigures(arm, rate, preemptions, escalations, tok_s,
-                                       _percentile(latencies, 50), _percentile(latencies, 99),
-                                       accuracy / len(problems), len(problems)))
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-    rows.sort(key=lambda r: (r.rate, ARMS.index(r.arm)))
-    print(f"{'rate/s':>6} {'arm':<16} {'preempt':>8} {'escal':>6} {'tok/s':>8} {'p50 s':>7} "
-          f"{'p99 s':>7} {'acc':>6}")
+        for repeat in range(args.repeats):
+            for arm in arms if repeat % 2 == 0 else arms[::-1]:
+                llm = make_engine(stock if arm == "stock" else args.model, arm, args)
+                tokenizer = llm.get_tokenizer()
+                prompts = [tokenizer.apply_chat_template(
+                    [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
+                    tokenize=True, return_dict=False) for pr in problems]
+                for rate in rates:
+                    llm.reset_prefix_cache()  # no rate finds the prompts of the one before
+                    times = arrivals(len(problems), rate, args.seed)
+                    (texts, latencies, tok_s, preemptions, escalations, mean_running,
+                     final) = run_arm(llm, arm, prompts, times, args,
+                                      f"{arm} @{rate:g}/s #{repeat + 1}")
+                    accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
+                    rows.append(ArmFigures(repeat, arm, rate, preemptions, escalations, tok_s,
+                                           _percentile(latencies, 50), _percentile(latencies, 99),
+                                           accuracy / len(problems), len(problems),
+                                           mean_running, final))
+                llm.llm_engine.engine_core.shutdown()
+                del llm
+    rows.sort(key=lambda r: (r.rate, ARMS.index(r.arm), r.repeat))
+    print(f"{'rate/s':>6} {'arm':<16} {'run':>3} {'preempt':>8} {'escal':>6} {'tok/s':>8} "
+          f"{'p50 s':>7} {'p99 s':>7} {'acc':>6} {'running':>7}  final ratios")
     for r in rows:
-        print(f"{r.rate:>6g} {r.arm:<16} {r.preemptions:>8} {r.escalations:>6} "
+        print(f"{r.rate:>6g} {r.arm:<16} {r.repeat + 1:>3} {r.preemptions:>8} {r.escalations:>6} "
               f"{r.tokens_per_s:>8.1f} {r.latency_p50_s:>7.2f} {r.latency_p99_s:>7.2f} "
-              f"{r.accuracy:>6.1%}")
+              f"{r.accuracy:>6.1%} {r.mean_running:>7.2f}  {r.final_ratios}")
     for rate in rates:
-        by_arm = {r.arm: r for r in rows if r.rate == rate}
-        admission, escalation = by_arm["auto-admission"], by_arm["auto-escalation"]
-        if admission.preemptions:
-            print(f"@{rate:g}/s escalation vs admission-only: preemptions x"
-                  f"{escalation.preemptions / admission.preemptions:.2f}, tok/s x"
-                  f"{escalation.tokens_per_s / admission.tokens_per_s:.2f}, accuracy "
-                  f"{100 * (escalation.accuracy - admission.accuracy):+.1f} points")
+        print(compare(rows, rate))
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "arms": [asdict(r) for r in rows]}, indent=2))
     plot(rows, args.out.with_suffix(".png"))

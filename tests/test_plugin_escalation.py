@@ -1,7 +1,8 @@
 """Ratios that rise mid-request: the plugin against the reference engine along the path it ran.
 
 One in-process engine (block size 32, eager, 64-token steps, a pool small enough to preempt, the
-"auto" target low so the projection passes it). Requests of every kind run in one batch: fixed
+"auto" target and the share of the pool that running requests rise above low, so the
+projection passes them). Requests of every kind run in one batch: fixed
 ratios, none, "auto" and ranges. Escalation rises under pressure on its own, and the test forces
 more at random steps (``BreadcrumbsScheduler.raise_ratio``, what escalation does to each request
 it picks). Each request's report gives the ratio path it ran; the reference engine decodes the
@@ -25,6 +26,7 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
+from breadcrumbs_vllm.vllm_plugin import scheduler as scheduler_module
 from breadcrumbs_vllm.vllm_plugin.kv_budget import TARGET_KEY
 from breadcrumbs_vllm.vllm_plugin.report import read_report
 
@@ -101,6 +103,7 @@ def test_plugin_equals_the_reference_along_the_paths_it_ran(llm, tiny_checkpoint
     asks = [ASKS[i % len(ASKS)] for i in range(12)]
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
     monkeypatch.setattr(scheduler, "kv_target", target)
+    monkeypatch.setattr(scheduler_module, "RISE_ABOVE", target)
     before = dict(scheduler.compression_stats.totals["escalations"])
     done = _run(llm, prompts, asks, rise_chance, seed=3)
     rose = sum(scheduler.compression_stats.totals["escalations"].values()) - sum(before.values())

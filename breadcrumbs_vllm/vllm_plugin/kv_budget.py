@@ -30,27 +30,37 @@ problems of seed 1234), so for a student the least compression is its smallest r
 **Escalation** (issue 42; the paper's first open question): a request that may rise -- sent with
 ``"auto"`` (up to the model's largest ratio) or a range ``{"min": a, "max": b}`` (up to ``b``);
 an integer ratio never changes -- gets longer windows from its next window boundary on, so it
-grows by ``1/c'`` of its tokens instead of ``1/c``. At the start of every step the scheduler
-checks ``projected`` against the target. Over it, :func:`escalate` takes the requests that may
-rise by their remaining growth, largest first, and raises each to its next supported ratio (an
-uncompressed one to the smallest), subtracting what each saves from the projection, until the
-projection is back under the target or none is left. One rise per request per step; the next
-step may raise it again, up to its maximum. Ratios never fall.
-``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off.
+grows by ``1/c'`` of its tokens instead of ``1/c``. Two halves, one bound (the pool), both
+judging the *running* requests in whole blocks: each may still take its peak rounded up to
+blocks (the accountant never holds more) less the blocks it holds.
 
-A rise is no help once the pool is full: it frees no block, and the window it lengthens holds
-more entries before its beacon collapses it, so a request needs *more* blocks over the next few
-tokens. Raising every request that may rise at the moment vLLM preempts halved tokens/s and
-doubled preemptions in ``loadtests/bench_escalation.py`` (10 and 20 arrivals a second), so the
-scheduler no longer does it. What escalation keeps from preempting is what it leaves room for:
+* **Admission** (requests sent with ``"auto"`` or a range only -- the ones that let the engine
+  manage their memory): such a request, fresh or after a preemption, is admitted only when
+  :func:`admits` says the pool's free blocks hold what the running requests may still take,
+  each raised as far as it may go, plus its own peak at its highest ratio. Otherwise it waits,
+  as it would for a free block, instead of being admitted into growth the pool cannot hold and
+  preempted later. Requests with a fixed ratio or none are admitted as stock vLLM admits them.
+* **Rises**: at the start of every step the scheduler projects the running requests at their
+  current ratios (waiting requests are admission's to hold back). Past the pool
+  (:data:`RISE_ABOVE`: if every running request ran to ``max_tokens``, vLLM would have to
+  preempt), :func:`escalate` takes the requests that may rise by their remaining growth,
+  largest first, and raises each to its next supported ratio (an uncompressed one to the
+  smallest), subtracting what each saves, until the projection is back within the pool or none
+  is left. One rise per request per step; the next step may raise it again, up to its maximum
+  (rises before the next window boundary merge into one switch). Ratios never fall.
 
-**Admission** (with escalation on; requests sent with ``"auto"`` or a range only -- the ones that
-let the engine manage their memory): while other requests run, such a request is admitted,
-fresh or after a preemption, only when :func:`admits` says the pool holds what the *running*
-requests may still grow into plus its own peak. Otherwise it waits, as it would for a free
-block, instead of being admitted into growth the pool cannot hold and preempted later. Requests
-with a fixed ratio or none are admitted as stock vLLM admits them.
-``--additional-config '{"breadcrumbs_admission_rule": false}'`` keeps the rises and drops this.
+So admission lends a request room that rises can make, and a request rises only once the
+running requests would otherwise outgrow the pool: rises come late and few, which is what keeps
+accuracy (``loadtests/bench_escalation.py`` measures both). Rises alone are no help once the
+pool is full: a rise frees no block, and the window it lengthens holds more entries before its
+beacon collapses it. Raising every request that may rise at the moment vLLM preempts halved
+tokens/s and doubled preemptions in that benchmark (10 and 20 arrivals a second); rising
+whenever the projection over *all* unfinished requests (the queue's included) passed the "auto"
+target cost 1 to 5 points of accuracy against admission-only "auto" (``docs/results-log.md``).
+
+``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off (every ratio is
+fixed at admission and admission is stock); ``{"breadcrumbs_admission_rule": false}`` keeps the
+rises and drops the admission rule.
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ ESCALATION_KEY = "breadcrumbs_escalation"
 #: ``additional_config`` key that keeps escalation's rises but drops its admission rule
 #: (``false``): the ablation ``loadtests/bench_escalation.py`` runs as its "auto-rises-only" arm.
 ADMISSION_KEY = "breadcrumbs_admission_rule"
+#: Running requests rise once their projected usage passes this share of the pool.
+RISE_ABOVE = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,8 @@ class Riser:
 
 def escalate(risers: Sequence[Riser], projection: KVProjection, target: float) -> list[Riser]:
     """The requests to raise one step, largest remaining growth first, until the projected
-    usage is at or under ``target`` (each raise lowers it by what that request saves)."""
+    usage is at or under ``target`` (each raise lowers it by what that request saves).
+    The scheduler passes :data:`RISE_ABOVE` and the running requests' projection."""
     usage, chosen = projection.usage, []
     for riser in sorted(risers, key=lambda r: (-r.growth, r.request_id)):
         if usage <= target or projection.capacity_tokens <= 0:
@@ -127,7 +140,8 @@ def escalate(risers: Sequence[Riser], projection: KVProjection, target: float) -
 
 def admits(running: KVProjection, peak_tokens: int) -> bool:
     """Whether a request that peaks at ``peak_tokens`` fits beside the running requests'
-    projected growth (``running`` counts running requests only): projected usage at most 1."""
+    projected growth (``running`` counts running requests only, each raised as far as it may
+    go): projected usage at most 1."""
     if running.capacity_tokens <= 0:
         return True
     return running.usage + peak_tokens / running.capacity_tokens <= 1.0

@@ -18,11 +18,12 @@ from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression
+from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression, cdiv
 from breadcrumbs_vllm.vllm_plugin.kv_budget import (
     ADMISSION_KEY,
     DEFAULT_TARGET,
     ESCALATION_KEY,
+    RISE_ABOVE,
     TARGET_KEY,
     KVProjection,
     Riser,
@@ -215,10 +216,11 @@ class BreadcrumbsScheduler(Scheduler):
         super().add_request(request)
 
     def schedule(self, *args, **kwargs):
-        """vLLM's step, after raising ratios if the projected KV usage passed the target."""
+        """vLLM's step, after raising ratios if the running requests' projected KV usage
+        passed the pool (``kv_budget.py``, "Escalation")."""
         if self.risers:
             self._risen.clear()
-            self._escalate(self.kv_target)
+            self._escalate()
         return Scheduler.schedule(self, *args, **kwargs)
 
     def _preempt_request(self, request, *args, **kwargs):
@@ -228,14 +230,24 @@ class BreadcrumbsScheduler(Scheduler):
 
     def _admits(self, request: Request) -> bool:
         """Admission for a request not yet running (``kv_budget.admits``): one sent with
-        "auto" or a range waits until the running requests' projected growth leaves room for
-        its peak; any other is admitted as stock vLLM admits it."""
+        "auto" or a range waits until the running requests' projected growth, once raised as
+        far as each may go, leaves room for its own peak at its highest ratio; any other is
+        admitted as stock vLLM admits it."""
         if request.request_id not in self.managed:
             return True
-        comp = self.compressed.get(request.request_id)
-        peak = (comp.peak_entries if comp is not None
-                else request.num_prompt_tokens + request.max_tokens)
-        return admits(self.kv_projection(self.running), peak)
+        block_size = self.kv_cache_manager.kv_block_size
+        peak = self._peak(request, self._at_ceiling(request.request_id))
+        squeezed = {r.request_id: self._at_ceiling(r.request_id) for r in self.running}
+        return admits(self._running_projection(squeezed), cdiv(peak, block_size) * block_size)
+
+    def _at_ceiling(self, req_id: str) -> RequestCompression | None:
+        """``req_id``'s compression once escalation has raised it as far as it may go now (as
+        it is, if it may not rise or a rise would not lower its peak)."""
+        comp, ceiling = self.compressed.get(req_id), self.risers.get(req_id)
+        if ceiling is None:
+            return comp
+        raised = self._raised(self.requests[req_id], comp, ceiling)
+        return raised if comp is None or raised.peak_entries < comp.peak_entries else comp
 
     def raise_ratio(self, req_id: str) -> bool:
         """Raise ``req_id`` one step now, whatever the KV usage; ``False`` if it may not rise
@@ -245,14 +257,15 @@ class BreadcrumbsScheduler(Scheduler):
             self._raise(riser)
         return riser is not None
 
-    def _escalate(self, target: float) -> None:
-        """Raise the ratios ``kv_budget.escalate`` picks (one step each)."""
-        projection = self.kv_projection()
-        if projection.usage <= target:
+    def _escalate(self) -> None:
+        """Raise the ratios ``kv_budget.escalate`` picks (one step each), judged by the running
+        requests: the waiting ones are the admission rule's to hold back."""
+        projection = self._running_projection(self.compressed)
+        if projection.usage <= RISE_ABOVE:
             return
         risers = [r for r in map(self._riser, [i for i in self.risers if i not in self._risen])
                   if r is not None]
-        for riser in escalate(risers, projection, target):
+        for riser in escalate(risers, projection, RISE_ABOVE):
             self._raise(riser)
 
     def _riser(self, req_id: str) -> Riser | None:
@@ -276,13 +289,28 @@ class BreadcrumbsScheduler(Scheduler):
         return comp.rise(request.num_output_tokens, to)
 
     @staticmethod
-    def _growth(request: Request, comp: RequestCompression | None) -> int:
-        """KV entries ``request`` may still add before ``max_tokens`` ends it."""
+    def _peak(request: Request, comp: RequestCompression | None) -> int:
+        """The most KV entries ``request`` can hold before ``max_tokens`` ends it."""
         if comp is None:
-            left = request.num_prompt_tokens + request.max_tokens - request.num_computed_tokens
-        else:
-            left = comp.peak_entries - comp.physical_start(request.num_computed_tokens)
-        return max(left, 0)
+            return request.num_prompt_tokens + request.max_tokens
+        return comp.peak_entries
+
+    def _growth(self, request: Request, comp: RequestCompression | None) -> int:
+        """The pool ``request`` may still take before ``max_tokens`` ends it, in whole blocks
+        (as tokens): its peak rounded up to blocks (the accountant's bound), less what it
+        holds."""
+        block_size = self.kv_cache_manager.kv_block_size
+        held = self.kv_cache_manager.blocks_held(request.request_id)
+        return max(cdiv(self._peak(request, comp), block_size) - held, 0) * block_size
+
+    def _running_projection(self, compressed: dict[str, RequestCompression | None]
+                            ) -> KVProjection:
+        """The running requests' projection in whole blocks, each compressed as
+        ``compressed`` says: what admission and rises judge by (``kv_budget.py``)."""
+        growth = sum(self._growth(r, compressed.get(r.request_id)) for r in self.running)
+        pool_blocks = self.kv_cache_manager.block_pool.num_gpu_blocks - 1  # less the null block
+        return KVProjection(self.kv_cache_manager.usage, growth,
+                            pool_blocks * self.kv_cache_manager.kv_block_size)
 
     def _raise(self, riser: Riser) -> None:
         req_id = riser.request_id
