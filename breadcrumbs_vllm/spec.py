@@ -139,13 +139,19 @@ class BeaconSchedule:
 
     def _segment_after(self, num_generated: int) -> _Segment:
         """The segment generated token ``num_generated + 1`` falls in (compressed requests only)."""
-        index = bisect_right(self._segments, num_generated, key=attrgetter("generated"))
-        return self._segments[max(index - 1, 0)]
+        segments = self._segments
+        if len(segments) == 1:  # a fixed ratio, asked per request per step: no search
+            return segments[0]
+        index = bisect_right(segments, num_generated, key=attrgetter("generated"))
+        return segments[max(index - 1, 0)]
 
     def _segment_at(self, logical_index: int) -> _Segment:
         """The segment holding a logical index at or past the prompt (compressed requests only)."""
-        index = bisect_right(self._segments, logical_index, key=attrgetter("logical"))
-        return self._segments[index - 1]
+        segments = self._segments
+        if len(segments) == 1:  # a fixed ratio, asked per request per step: no search
+            return segments[0]
+        index = bisect_right(segments, logical_index, key=attrgetter("logical"))
+        return segments[index - 1]
 
     def ratio_for(self, num_generated: int) -> int | None:
         """The ratio in force after ``num_generated`` generated tokens: the length of the window
