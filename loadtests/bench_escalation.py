@@ -14,7 +14,7 @@ with the same pool:
 * ``auto-rises-only``: the same requests, allowed to rise while they run, admitted as stock
   vLLM admits them (``{"breadcrumbs_admission_rule": false}``): the ablation;
 * ``auto-escalation``: escalation as served (``kv_budget.py``): requests rise, and one is
-  admitted only into room the running ones' projected growth leaves.
+  admitted only into room the running ones leave once raised to their ceilings.
 
 Per arm and arrival rate: preemptions, ratio escalations, generated tokens/s, p50/p99 latency
 (arrival to last token), the accuracy of the answers (the task's verifier), the requests

@@ -2,9 +2,8 @@
 
 Figures are not asserted (timings on a shared machine are not a test; the README quotes a full
 run). What is checked: every arm serves every arrival, the arm with escalation off never rises,
-stock vLLM has nothing to rise and
-reports no compression, each answer's final ratio is counted, the JSON holds the table that was
-printed, and the comparison the issue asks for is printed.
+stock vLLM has nothing to rise and reports no compression, each answer's final ratio is counted,
+the JSON holds the table that was printed, and the comparison the issue asks for is printed.
 """
 
 from __future__ import annotations

@@ -206,9 +206,10 @@ def test_alert_rules_are_loaded_and_quiet_after_the_soak(soak, prometheus):
 
 def test_ranges_rise_under_pressure_and_say_which_path_they_ran(gateway, soak, prometheus):
     """Six ranged requests at once on the small pool: admitted for the room they would need at
-    16, their projected peaks at ratio 2 pass the pool, so the engine raises some of them. Each answer, through the ``openai``
-    client, names the path it ran: from token 0, at the range's minimum or above (a request can
-    rise before its first token), only rising, within the range; Prometheus counts the rises.
+    16, their projected peaks at ratio 2 pass the pool, so the engine raises some of them. Each
+    answer, through the ``openai`` client, names the path it ran: from token 0, at the range's
+    minimum or above (a request can rise before its first token), only rising, within the
+    range; Prometheus counts the rises.
     (150 tokens: beacons count against the 256-token model length, and at ratio 2 throughout a
     request holds prompt + 150 + 75 tokens.)"""
     import openai

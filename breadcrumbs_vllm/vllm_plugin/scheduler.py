@@ -12,7 +12,7 @@ window is evicted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -376,16 +376,14 @@ class BreadcrumbsScheduler(Scheduler):
         self._beacon_rows.clear()
         return plan
 
-    def kv_projection(self, requests: Iterable[Request] | None = None) -> KVProjection:
-        """This engine's pool now and the remaining growth of ``requests`` (default: every
-        unfinished one; kv_budget.py).
+    def kv_projection(self) -> KVProjection:
+        """This engine's pool now and its unfinished requests' remaining growth (kv_budget.py).
 
-        Cost: a few integer operations per request, each time the stats ship (see
-        :meth:`make_stats`), once per ``"auto"`` request and per admission of one.
+        Cost: a few integer operations per unfinished request, each time the stats ship (see
+        :meth:`make_stats`) and once per ``"auto"`` request.
         """
         compressed, remaining = self.compressed, 0
-        for request in self.requests.values() if requests is None else requests:
-            # inlined: this runs on every step
+        for request in self.requests.values():  # inlined: this runs on every step
             comp = compressed.get(request.request_id)
             if comp is None:
                 left = (request.num_prompt_tokens + request.max_tokens
