@@ -19,10 +19,12 @@ with the same pool:
 Per arm and arrival rate: preemptions, ratio escalations, generated tokens/s, p50/p99 latency
 (arrival to last token), the accuracy of the answers (the task's verifier), the requests
 decoding at once (vLLM's running list after each step, averaged) and the ratio each answer
-finished at. Each arm's engine serves every rate in turn, its prefix cache emptied in
-between; the arms run ``--repeats`` times in mirrored order (a b c d, d c b a), since wall-clock
-figures on a shared CPU drift. Prints each run, then the issue's comparison (escalation against
-admission-only "auto", means over the repeats); writes JSON and a plot of the means.
+finished at. Every arm's engine stays up for the whole run, so that at each rate the arms run
+one after another, in mirrored order from one rate to the next (a b c d, d c b a), each with its
+prefix cache emptied; the whole sweep runs ``--repeats`` times. Wall-clock figures on a shared
+CPU drift: a run is compared with its neighbours seconds away. Prints each run, then the issue's
+comparison (escalation against admission-only "auto", means over the repeats, with each
+repeat's paired tok/s ratio); writes JSON and a plot of the means.
 
     python loadtests/bench_escalation.py                       # the bundled Countdown student
     python loadtests/bench_escalation.py --rates 10 --problems 48 --no-held-out   # a quick look
@@ -31,6 +33,7 @@ admission-only "auto", means over the repeats); writes JSON and a plot of the me
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -74,10 +77,15 @@ class ArmFigures:
 def make_engine(model: Path, arm: str, args):
     from vllm import LLM
 
-    from breadcrumbs_vllm.vllm_plugin.kv_budget import ADMISSION_KEY, ESCALATION_KEY, TARGET_KEY
+    from breadcrumbs_vllm.vllm_plugin.kv_budget import (
+        ADMISSION_KEY,
+        ESCALATION_KEY,
+        OVERCOMMIT_KEY,
+        TARGET_KEY,
+    )
 
     extra = {TARGET_KEY: args.target, ESCALATION_KEY: arm != "auto-admission",
-             ADMISSION_KEY: arm == "auto-escalation"}
+             ADMISSION_KEY: arm == "auto-escalation", OVERCOMMIT_KEY: args.overcommit}
     return LLM(model=str(model), dtype="float32", block_size=32, max_model_len=args.max_model_len,
                num_gpu_blocks_override=args.pool_blocks, enable_prefix_caching=True, seed=0,
                enforce_eager=True, additional_config={} if arm == "stock" else extra)
@@ -206,6 +214,7 @@ def plot(rows: list[ArmFigures], path: Path) -> None:
 def main() -> None:
     from breadcrumbs_vllm.checkpoint import read_breadcrumbs_config
     from breadcrumbs_vllm.tasks import get_task
+    from breadcrumbs_vllm.vllm_plugin.kv_budget import DEFAULT_OVERCOMMIT
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/countdown-student"))
@@ -220,12 +229,15 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--pool-blocks", type=int, default=40)
     p.add_argument("--target", type=float, default=0.8, help="the projected-usage target")
+    p.add_argument("--overcommit", type=float, default=DEFAULT_OVERCOMMIT,
+                   help="how far past the pool auto-escalation's admission may commit, as a "
+                        "share of the pool")
     p.add_argument("--arms", default=",".join(ARMS),
                    help=f"comma-separated, of {', '.join(ARMS)} (auto-admission and "
                         "auto-escalation are compared)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="runs of every arm, in mirrored order (a b c, c b a, ...) so that a "
-                        "machine slowing down or speeding up weighs on every arm alike")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="sweeps over every rate; at each rate the arms run one after another, "
+                        "in mirrored order from one rate to the next (a b c, c b a, ...)")
     p.add_argument("--out", type=Path, default=Path("escalation.json"))
     args = p.parse_args()
     arms = [a for a in ARMS if a in args.arms.split(",")]
@@ -248,26 +260,31 @@ def main() -> None:
     teacher = (args.model / bc.teacher).resolve() if bc.teacher else args.model
     with tempfile.TemporaryDirectory() as tmp:
         stock = stock_view(teacher, Path(tmp) / "stock")
-        for repeat in range(args.repeats):
-            for arm in arms if repeat % 2 == 0 else arms[::-1]:
-                llm = make_engine(stock if arm == "stock" else args.model, arm, args)
-                tokenizer = llm.get_tokenizer()
-                prompts = [tokenizer.apply_chat_template(
-                    [{"role": "user", "content": pr.prompt}], add_generation_prompt=True,
-                    tokenize=True, return_dict=False) for pr in problems]
-                for rate in rates:
-                    llm.reset_prefix_cache()  # no rate finds the prompts of the one before
-                    times = arrivals(len(problems), rate, args.seed)
-                    (texts, latencies, tok_s, preemptions, escalations, mean_running,
-                     final) = run_arm(llm, arm, prompts, times, args,
-                                      f"{arm} @{rate:g}/s #{repeat + 1}")
-                    accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
-                    rows.append(ArmFigures(repeat, arm, rate, preemptions, escalations, tok_s,
-                                           _percentile(latencies, 50), _percentile(latencies, 99),
-                                           accuracy / len(problems), len(problems),
-                                           mean_running, final))
-                llm.llm_engine.engine_core.shutdown()
-                del llm
+        # Every arm's engine stays up for the whole run, so that the arms serve each rate one
+        # after another: a run's neighbours are seconds away, not an engine start.
+        engines = {arm: make_engine(stock if arm == "stock" else args.model, arm, args)
+                   for arm in arms}
+        prompts = {arm: [llm.get_tokenizer().apply_chat_template(
+            [{"role": "user", "content": pr.prompt}], add_generation_prompt=True, tokenize=True,
+            return_dict=False) for pr in problems] for arm, llm in engines.items()}
+        for block, (repeat, rate) in enumerate(itertools.product(range(args.repeats), rates)):
+            times = arrivals(len(problems), rate, args.seed)
+            # Forward, then backward: a steady drift of the machine's speed weighs on every arm
+            # alike over two blocks.
+            for arm in arms if block % 2 == 0 else arms[::-1]:
+                llm = engines[arm]
+                llm.reset_prefix_cache()  # no run finds the prompts of the one before
+                (texts, latencies, tok_s, preemptions, escalations, mean_running,
+                 final) = run_arm(llm, arm, prompts[arm], times, args,
+                                  f"{arm} @{rate:g}/s #{repeat + 1}")
+                accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
+                rows.append(ArmFigures(repeat, arm, rate, preemptions, escalations, tok_s,
+                                       _percentile(latencies, 50), _percentile(latencies, 99),
+                                       accuracy / len(problems), len(problems),
+                                       mean_running, final))
+        for llm in engines.values():
+            llm.llm_engine.engine_core.shutdown()
+        del engines, llm
     rows.sort(key=lambda r: (r.rate, ARMS.index(r.arm), r.repeat))
     print(f"{'rate/s':>6} {'arm':<16} {'run':>3} {'preempt':>8} {'escal':>6} {'tok/s':>8} "
           f"{'p50 s':>7} {'p99 s':>7} {'acc':>6} {'running':>7}  final ratios")

@@ -48,7 +48,12 @@ def config_error(**engine_args) -> str:
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2,
                              "prompt_lookup_max": 2}}, "speculative decoding is not supported"),
     ({"worker_cls": "my_package.MyWorker"}, "worker_cls=my_package.MyWorker"),
-], ids=["async-scheduling", "pipeline-parallel", "context-parallel", "speculative", "worker-cls"])
+    ({"additional_config": {"breadcrumbs_admission_overcommit": -0.1}},
+     "breadcrumbs_admission_overcommit is a share of the KV pool, a number >= 0; got -0.1"),
+    ({"additional_config": {"breadcrumbs_kv_target": "high"}},
+     "breadcrumbs_kv_target is a share of the KV pool"),
+], ids=["async-scheduling", "pipeline-parallel", "context-parallel", "speculative", "worker-cls",
+        "overcommit", "target"])
 def test_a_beacon_model_refuses_what_the_plugin_cannot_serve(tiny_checkpoint, gqa_checkpoint,
                                                              overrides, expected):
     models = {"tiny": tiny_checkpoint, "gqa": gqa_checkpoint}

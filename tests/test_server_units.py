@@ -67,9 +67,10 @@ def test_auto_never_runs_a_student_uncompressed():
 
 def test_admission_leaves_room_for_what_running_requests_may_still_grow_into():
     running = KVProjection(used=0.5, growth_tokens=300, capacity_tokens=1000)  # 0.8 projected
-    assert admits(running, 200)  # exactly the pool
-    assert not admits(running, 201)
-    assert admits(KVProjection(0.0, 0, 0), 10**6)  # no pool to judge by: stock admission
+    assert admits(running, 200, overcommit=0.0)  # exactly the pool
+    assert not admits(running, 201, overcommit=0.0)
+    assert admits(KVProjection(0.0, 0, 0), 10**6, overcommit=0.0)  # no pool: stock admission
+    assert admits(running, 300, overcommit=0.1) and not admits(running, 301, overcommit=0.1)
 
 
 def test_projected_usage_adds_the_remaining_growth_over_the_pool():

@@ -40,6 +40,11 @@ blocks (the accountant never holds more) less the blocks it holds.
   each raised as far as it may go, plus its own peak at its highest ratio. Otherwise it waits,
   as it would for a free block, instead of being admitted into growth the pool cannot hold and
   preempted later. Requests with a fixed ratio or none are admitted as stock vLLM admits them.
+  The sum may pass the pool by a share of it, :data:`DEFAULT_OVERCOMMIT` unless
+  :data:`OVERCOMMIT_KEY` says otherwise: the peaks are bounds reached late in a request, if at
+  all, and requests that finish free their blocks meanwhile, so a small overcommit runs more
+  requests at once and leaves vLLM a preemption to make only when the running ones peak
+  together.
 * **Rises**: at the start of every step the scheduler projects the running requests at their
   current ratios (waiting requests are admission's to hold back). Past the pool
   (:data:`RISE_ABOVE`: if every running request ran to ``max_tokens``, vLLM would have to
@@ -60,7 +65,8 @@ target cost 1 to 5 points of accuracy against admission-only "auto" (``docs/resu
 
 ``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off (every ratio is
 fixed at admission and admission is stock); ``{"breadcrumbs_admission_rule": false}`` keeps the
-rises and drops the admission rule.
+rises and drops the admission rule; ``{"breadcrumbs_admission_overcommit": 0}`` makes admission
+reserve every peak in full.
 """
 
 from __future__ import annotations
@@ -79,8 +85,41 @@ ESCALATION_KEY = "breadcrumbs_escalation"
 #: ``additional_config`` key that keeps escalation's rises but drops its admission rule
 #: (``false``): the ablation ``loadtests/bench_escalation.py`` runs as its "auto-rises-only" arm.
 ADMISSION_KEY = "breadcrumbs_admission_rule"
+#: ``additional_config`` key: how far past the pool admission may commit, as a share of the pool
+#: (``0.1``: the running requests' projected growth plus the new request's peak may reach 110%
+#: of it), and its default: of the values ``loadtests/bench_escalation.py`` swept (0 to 0.25,
+#: ``docs/results.md``), the largest that still left vLLM no preemption to make.
+OVERCOMMIT_KEY = "breadcrumbs_admission_overcommit"
+DEFAULT_OVERCOMMIT = 0.1
 #: Running requests rise once their projected usage passes this share of the pool.
 RISE_ABOVE = 1.0
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """This module's ``--additional-config`` keys for one engine, checked when the engine is
+    configured (a bad value is refused then, in one line, not when the scheduler starts)."""
+
+    target: float = DEFAULT_TARGET
+    escalation: bool = True
+    #: Escalation's admission rule; off whenever escalation is.
+    admission_rule: bool = True
+    overcommit: float = DEFAULT_OVERCOMMIT
+
+    @classmethod
+    def from_additional_config(cls, extra: object) -> BudgetSettings:
+        extra = extra if isinstance(extra, dict) else {}
+        shares = {key: extra.get(key, default)
+                  for key, default in ((TARGET_KEY, DEFAULT_TARGET),
+                                       (OVERCOMMIT_KEY, DEFAULT_OVERCOMMIT))}
+        for key, value in shares.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"breadcrumbs: {key} is a share of the KV pool, a number >= 0; "
+                                 f"got {value!r}")
+        escalation = bool(extra.get(ESCALATION_KEY, True))
+        return cls(float(shares[TARGET_KEY]), escalation,
+                   escalation and bool(extra.get(ADMISSION_KEY, True)),
+                   float(shares[OVERCOMMIT_KEY]))
 
 
 @dataclass(frozen=True)
@@ -138,10 +177,10 @@ def escalate(risers: Sequence[Riser], projection: KVProjection, target: float) -
     return chosen
 
 
-def admits(running: KVProjection, peak_tokens: int) -> bool:
+def admits(running: KVProjection, peak_tokens: int, overcommit: float) -> bool:
     """Whether a request that peaks at ``peak_tokens`` fits beside the running requests'
     projected growth (``running`` counts running requests only, each raised as far as it may
-    go): projected usage at most 1."""
+    go): projected usage at most ``1 + overcommit``."""
     if running.capacity_tokens <= 0:
         return True
-    return running.usage + peak_tokens / running.capacity_tokens <= 1.0
+    return running.usage + peak_tokens / running.capacity_tokens <= 1.0 + overcommit

@@ -169,10 +169,12 @@ def _is_beacon_checkpoint(model: str) -> bool:
 def configure_beacon_engine(vllm_config: Any) -> None:
     """Select the Breadcrumbs scheduler and worker for beacon models; refuse what the plugin
     cannot serve, each with one line. Models without beacons keep vLLM's config untouched."""
+    from breadcrumbs_vllm.vllm_plugin.kv_budget import BudgetSettings
     from breadcrumbs_vllm.vllm_plugin.model import BeaconModel
 
     if BeaconModel.from_model_config(vllm_config.model_config) is None:
         return
+    BudgetSettings.from_additional_config(vllm_config.additional_config)  # refuses bad values
     if vllm_config.speculative_config is not None:
         raise ValueError("breadcrumbs: speculative decoding is not supported with beacon models")
     parallel = vllm_config.parallel_config

@@ -20,11 +20,8 @@ from vllm.v1.request import Request, RequestStatus
 
 from breadcrumbs_vllm.vllm_plugin.compression import AUTO, RequestCompression, cdiv
 from breadcrumbs_vllm.vllm_plugin.kv_budget import (
-    ADMISSION_KEY,
-    DEFAULT_TARGET,
-    ESCALATION_KEY,
     RISE_ABOVE,
-    TARGET_KEY,
+    BudgetSettings,
     KVProjection,
     Riser,
     admits,
@@ -161,13 +158,14 @@ class BreadcrumbsScheduler(Scheduler):
         if beacon_model is None:
             raise ValueError("breadcrumbs: BreadcrumbsScheduler serves beacon models only")
         self.beacon_model = beacon_model
-        extra = vllm_config.additional_config if isinstance(vllm_config.additional_config,
-                                                             dict) else {}
-        self.kv_target = float(extra.get(TARGET_KEY, DEFAULT_TARGET))
+        settings = BudgetSettings.from_additional_config(vllm_config.additional_config)
+        self.kv_target = settings.target
         #: Whether requests that may rise do (``kv_budget.ESCALATION_KEY``).
-        self.escalation = bool(extra.get(ESCALATION_KEY, True))
+        self.escalation = settings.escalation
         #: Whether requests that may rise are also admitted by ``kv_budget.admits``.
-        self.admission_rule = self.escalation and bool(extra.get(ADMISSION_KEY, True))
+        self.admission_rule = settings.admission_rule
+        #: How far past the pool the admission rule may commit (``kv_budget.OVERCOMMIT_KEY``).
+        self.overcommit = settings.overcommit
         self.compressed: dict[str, RequestCompression] = {}
         #: What each compressed or ``"auto"`` request reports when it finishes.
         self.reported: dict[str, KVLedger] = {}
@@ -231,14 +229,16 @@ class BreadcrumbsScheduler(Scheduler):
     def _admits(self, request: Request) -> bool:
         """Admission for a request not yet running (``kv_budget.admits``): one sent with
         "auto" or a range waits until the running requests' projected growth, once raised as
-        far as each may go, leaves room for its own peak at its highest ratio; any other is
-        admitted as stock vLLM admits it."""
+        far as each may go, leaves room for its own peak at its highest ratio (in the pool and
+        the share past it that ``overcommit`` allows); any other is admitted as stock vLLM
+        admits it."""
         if request.request_id not in self.managed:
             return True
         block_size = self.kv_cache_manager.kv_block_size
         peak = self._peak(request, self._at_ceiling(request.request_id))
         squeezed = {r.request_id: self._at_ceiling(r.request_id) for r in self.running}
-        return admits(self._running_projection(squeezed), cdiv(peak, block_size) * block_size)
+        return admits(self._running_projection(squeezed), cdiv(peak, block_size) * block_size,
+                      self.overcommit)
 
     def _at_ceiling(self, req_id: str) -> RequestCompression | None:
         """``req_id``'s compression once escalation has raised it as far as it may go now (as
