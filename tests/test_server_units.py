@@ -271,3 +271,16 @@ def test_serve_prefers_the_bundled_model(tmp_path, monkeypatch, checkpoint):
     bundled.mkdir()
     (bundled / "config.json").write_text((checkpoint / "config.json").read_text())
     assert serve.bundled_model() == bundled
+
+
+def test_vllm_args_keep_the_kv_target_beside_a_users_additional_config(checkpoint):
+    from server.engines.embedded import vllm_args
+    from server.memory import KVPool
+
+    mine = Settings(model=checkpoint, served_model_name="tiny", kv_target=0.7)
+    assert vllm_args(mine, KVPool(1.0, "test"), False, [], cpu=True).additional_config == {
+        "breadcrumbs_kv_target": 0.7}
+    theirs = Settings(model=checkpoint, served_model_name="tiny", kv_target=0.7, vllm_args=[
+        "--additional-config", json.dumps({"breadcrumbs_admission_overcommit": 0})])
+    assert vllm_args(theirs, KVPool(1.0, "test"), False, [], cpu=True).additional_config == {
+        "breadcrumbs_kv_target": 0.7, "breadcrumbs_admission_overcommit": 0}

@@ -100,7 +100,6 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
     flags = ["--model", str(settings.model), "--served-model-name", settings.model_name,
              "--block-size", str(settings.block_size),
              "--max-model-len", str(settings.max_model_len), *pool.engine_flags(),
-             "--additional-config", json.dumps({TARGET_KEY: settings.kv_target}),
              "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS), *extra]
     if not compile_model:
         flags.append("--enforce-eager")
@@ -109,6 +108,9 @@ def vllm_args(settings: Settings, pool: KVPool, compile_model: bool, extra: list
     if settings.log_content:
         flags += ["--enable-log-requests", "--enable-log-outputs"]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(flags + settings.vllm_args)
+    # Merged after parsing: a flag would be replaced whole by a user's ``--additional-config``
+    # (argparse keeps the last), losing ``--kv-target``; a key the user sets wins.
+    args.additional_config = {TARGET_KEY: settings.kv_target, **(args.additional_config or {})}
     validate_parsed_serve_args(args)
     return args
 
