@@ -16,10 +16,11 @@ with the same pool:
 * ``auto-escalation``: escalation as served (``kv_budget.py``): requests rise, and one is
   admitted only into room the running ones leave once raised to their ceilings.
 
-Per arm and arrival rate: preemptions, ratio escalations, generated tokens/s, p50/p99 latency
-(arrival to last token), the accuracy of the answers (the task's verifier), the requests
-decoding at once (vLLM's running list after each step, averaged) and the ratio each answer
-finished at. Every arm's engine stays up for the whole run, so that at each rate the arms run
+Per arm and arrival rate: preemptions, waits for a block (steps in which a running request
+waited instead of a preemption), ratio escalations, generated tokens/s, p50/p99 latency
+(arrival to last token), the accuracy of the answers (the task's verifier), the requests each
+step ran (decoding or prefilling, averaged over the steps) and the ratio each answer finished
+at. Every arm's engine stays up for the whole run, so that at each rate the arms run
 one after another, in mirrored order from one rate to the next (a b c d, d c b a), each with its
 prefix cache emptied; the whole sweep runs ``--repeats`` times. Wall-clock figures on a shared
 CPU drift: a run is compared with its neighbours seconds away. Prints each run, then the issue's
@@ -62,14 +63,16 @@ class ArmFigures:
     arm: str
     rate: float
     preemptions: int
+    #: Steps in which a request waited for a free block instead of a preemption.
+    waits: int
     escalations: int
     tokens_per_s: float
     latency_p50_s: float
     latency_p99_s: float
     accuracy: float
     n: int
-    #: Requests in vLLM's running list after each step, averaged over the steps with any.
-    mean_running: float
+    #: Requests each step ran (decoding or prefilling), averaged over the steps that ran any.
+    mean_scheduled: float
     #: How many answers finished at each ratio ("none": uncompressed), from their reports.
     final_ratios: dict[str, int]
 
@@ -102,7 +105,7 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, label: str):
     """Feed the arrivals open loop; returns (texts by index, latencies, tokens/s, preemptions,
-    escalations, mean running, final ratios)."""
+    waits, escalations, mean scheduled, final ratios)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -119,10 +122,19 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
         return preempt(*a, **kw)
 
     scheduler._preempt_request = counted
+    schedule, scheduled = scheduler.schedule, []
+
+    def counted_schedule(*a, **kw):
+        out = schedule(*a, **kw)
+        if out.num_scheduled_tokens:
+            scheduled.append(len(out.num_scheduled_tokens))
+        return out
+
+    scheduler.schedule = counted_schedule
     extra = None if arm == "stock" else {"compression_ratio": "auto"}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, extra_args=extra)
-    escalations_before = _escalations(scheduler)
-    texts, latencies, tokens, sent, final, running = {}, {}, 0, 0, Counter(), []
+    waits_before, escalations_before = _total(scheduler, "waits"), _total(scheduler, "escalations")
+    texts, latencies, tokens, sent, final = {}, {}, 0, 0, Counter()
     start = time.perf_counter()
     with tqdm(total=len(prompts), desc=label, unit="req") as bar:
         while len(texts) < len(prompts):
@@ -135,7 +147,6 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
                 time.sleep(min(0.01, max(0.0, times[sent] - now)))
                 continue
             outputs = engine.step()
-            running.append(len(scheduler.running))
             for out in outputs:
                 if out.finished:
                     i = int(out.request_id)
@@ -146,15 +157,17 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
                     final[str(report.path[-1][1]) if report is not None else "none"] += 1
                     bar.update()
     elapsed = time.perf_counter() - start
-    scheduler._preempt_request = preempt
+    del scheduler._preempt_request, scheduler.schedule  # the class's methods again
     return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed, preemptions,
-            _escalations(scheduler) - escalations_before, statistics.fmean(running),
-            dict(sorted(final.items())))
+            _total(scheduler, "waits") - waits_before,
+            _total(scheduler, "escalations") - escalations_before,
+            statistics.fmean(scheduled), dict(sorted(final.items())))
 
 
-def _escalations(scheduler) -> int:
+def _total(scheduler, name: str) -> int:
+    """The scheduler's count of ``name`` since it started (0 on stock vLLM)."""
     stats = getattr(scheduler, "compression_stats", None)
-    return sum(stats.totals["escalations"].values()) if stats is not None else 0
+    return sum(stats.totals[name].values()) if stats is not None else 0
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -177,11 +190,12 @@ def compare(rows: list[ArmFigures], rate: float) -> str:
     runs = ", ".join(f"x{e.tokens_per_s / a.tokens_per_s:.2f}" for e, a in pairs)
     (preempted, admission_preempted), (tok_s, admission_tok_s), (acc, admission_acc) = (
         both("preemptions"), both("tokens_per_s"), both("accuracy"))
-    (running, admission_running) = both("mean_running")
+    (scheduled, admission_scheduled) = both("mean_scheduled")
+    (waits, admission_waits) = both("waits")
     return (f"@{rate:g}/s escalation vs admission-only: preemptions {preempted:g} vs "
             f"{admission_preempted:g}, tok/s x{tok_s / admission_tok_s:.2f} (each run: {runs}), "
-            f"accuracy {100 * (acc - admission_acc):+.1f} points, mean running "
-            f"{running:.2f} vs {admission_running:.2f}")
+            f"accuracy {100 * (acc - admission_acc):+.1f} points, requests a step ran "
+            f"{scheduled:.2f} vs {admission_scheduled:.2f}, waits {waits:g} vs {admission_waits:g}")
 
 
 def plot(rows: list[ArmFigures], path: Path) -> None:
@@ -274,24 +288,25 @@ def main() -> None:
             for arm in arms if block % 2 == 0 else arms[::-1]:
                 llm = engines[arm]
                 llm.reset_prefix_cache()  # no run finds the prompts of the one before
-                (texts, latencies, tok_s, preemptions, escalations, mean_running,
+                (texts, latencies, tok_s, preemptions, waits, escalations, mean_scheduled,
                  final) = run_arm(llm, arm, prompts[arm], times, args,
                                   f"{arm} @{rate:g}/s #{repeat + 1}")
                 accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
-                rows.append(ArmFigures(repeat, arm, rate, preemptions, escalations, tok_s,
+                rows.append(ArmFigures(repeat, arm, rate, preemptions, waits, escalations, tok_s,
                                        _percentile(latencies, 50), _percentile(latencies, 99),
                                        accuracy / len(problems), len(problems),
-                                       mean_running, final))
+                                       mean_scheduled, final))
         for llm in engines.values():
             llm.llm_engine.engine_core.shutdown()
         del engines, llm
     rows.sort(key=lambda r: (r.rate, ARMS.index(r.arm), r.repeat))
-    print(f"{'rate/s':>6} {'arm':<16} {'run':>3} {'preempt':>8} {'escal':>6} {'tok/s':>8} "
-          f"{'p50 s':>7} {'p99 s':>7} {'acc':>6} {'running':>7}  final ratios")
+    print(f"{'rate/s':>6} {'arm':<16} {'run':>3} {'preempt':>8} {'waits':>6} {'escal':>6} "
+          f"{'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'acc':>6} {'per step':>8}  final ratios")
     for r in rows:
-        print(f"{r.rate:>6g} {r.arm:<16} {r.repeat + 1:>3} {r.preemptions:>8} {r.escalations:>6} "
-              f"{r.tokens_per_s:>8.1f} {r.latency_p50_s:>7.2f} {r.latency_p99_s:>7.2f} "
-              f"{r.accuracy:>6.1%} {r.mean_running:>7.2f}  {r.final_ratios}")
+        print(f"{r.rate:>6g} {r.arm:<16} {r.repeat + 1:>3} {r.preemptions:>8} {r.waits:>6} "
+              f"{r.escalations:>6} {r.tokens_per_s:>8.1f} {r.latency_p50_s:>7.2f} "
+              f"{r.latency_p99_s:>7.2f} {r.accuracy:>6.1%} {r.mean_scheduled:>8.2f}  "
+              f"{r.final_ratios}")
     for rate in rates:
         print(compare(rows, rate))
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -67,12 +67,15 @@ def test_cumulative_counts_become_counter_increments_and_nothing_is_lost(shm):
     stats.escalated(2, 8)
     stats.escalated(2, 8)
     stats.preempted(could_rise=False)
+    stats.waited()
+    stats.waited()
     stats.publish({8: (3, 10)}, projected=0.25)
     loggers[1].record(object(), None, engine_idx=1)
     for low, high, count in (("none", "2", 1), ("2", "8", 2), ("none", "8", None)):
         assert _sample(registry, "breadcrumbs_ratio_escalations_total", "1",
                        **{"from": low, "to": high}) == count
     assert _sample(registry, "breadcrumbs_preemptions_total", "1", could_rise="no") == 1
+    assert _sample(registry, "breadcrumbs_block_waits_total", "1") == 2
     assert _sample(registry, "breadcrumbs_beacons_inserted_total", "1", ratio="8") == 3
     assert _sample(registry, "breadcrumbs_kv_entries_evicted_total", "1", ratio="8") == 24
     assert _sample(registry, "breadcrumbs_kv_blocks_saved", "1", ratio="8") == 7

@@ -54,6 +54,14 @@ blocks (the accountant never holds more) less the blocks it holds.
   is left. One rise per request per step; the next step may raise it again, up to its maximum
   (rises before the next window boundary merge into one switch). Ratios never fall.
 
+* **Waits** (any compressed request, while escalation is on): a running request whose next
+  chunk needs a block the pool lacks sits the step out instead of vLLM preempting the youngest
+  running request for it. Compressed requests hand blocks back on their own (each beacon
+  collapses a window) and finishing ones free theirs, so a wait of a few steps usually ends it,
+  where a preemption throws away a request's KV and recomputes it. If every running request
+  waited in one step (nothing was scheduled), the next step leaves the choice to vLLM, which
+  preempts as stock: waits cannot stall the engine.
+
 So admission lends a request room that rises can make, and a request rises only once the
 running requests would otherwise outgrow the pool: rises come late and few, which is what keeps
 accuracy (``loadtests/bench_escalation.py`` measures both). Rises alone are no help once the
@@ -64,7 +72,7 @@ whenever the projection over *all* unfinished requests (the queue's included) pa
 target cost 1 to 5 points of accuracy against admission-only "auto" (``docs/results-log.md``).
 
 ``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off (every ratio is
-fixed at admission and admission is stock); ``{"breadcrumbs_admission_rule": false}`` keeps the
+fixed at admission, admission is stock and vLLM preempts where a request would have waited); ``{"breadcrumbs_admission_rule": false}`` keeps the
 rises and drops the admission rule; ``{"breadcrumbs_admission_overcommit": 0}`` makes admission
 reserve every peak in full.
 """

@@ -49,6 +49,7 @@ class CompressionStats:
         self.totals: dict[str, Tally] = {name: Tally() for name in COUNTS}
         self.totals["escalations"] = Tally()  # (from, to) -> count
         self.totals["preemptions"] = Tally()  # "yes" / "no": could a request still rise?
+        self.totals["waits"] = Tally()  # "block": steps a request waited for a free block
 
     def beacon_inserted(self, ratio: int) -> None:
         self.totals["beacons"][ratio] += 1
@@ -59,6 +60,9 @@ class CompressionStats:
 
     def escalated(self, from_ratio: int | None, to_ratio: int) -> None:
         self.totals["escalations"][(from_ratio, to_ratio)] += 1
+
+    def waited(self) -> None:
+        self.totals["waits"]["block"] += 1
 
     def preempted(self, could_rise: bool) -> None:
         self.totals["preemptions"]["yes" if could_rise else "no"] += 1
@@ -111,6 +115,10 @@ class PrometheusCompressionMetrics:
             "breadcrumbs_preemptions", "Preemptions in a beacon engine; could_rise says whether "
             "any request could still rise when vLLM preempted",
             ["model_name", "engine", "could_rise"], registry=registry)
+        self.waits = Counter(
+            "breadcrumbs_block_waits", "Steps in which a running compressed request waited for "
+            "a free KV block where vLLM would have preempted a request (escalation on, "
+            "kv_budget.py)", ["model_name", "engine"], registry=registry)
         self.projected = Gauge(
             "breadcrumbs_kv_cache_usage_projected_perc",
             "KV usage projected over the unfinished requests' remaining growth (kv_budget.py): "
@@ -143,6 +151,7 @@ class PrometheusCompressionMetrics:
         for could_rise, total in snapshot.preemptions.items():
             _advance(self.preemptions.labels(model_name, engine, could_rise),
                      ("preemptions", could_rise), total, counted)
+        _advance(self.waits.labels(model_name, engine), ("waits",), snapshot.waits, counted)
 
 
 def _advance(series: Any, key: tuple, total: int, counted: dict[tuple, int]) -> None:

@@ -123,6 +123,15 @@ class PhysicalBlockAccountant(KVCacheManager):
     def blocks_held(self, request_id: str) -> int:
         return len(self._req_to_blocks.get(request_id, ()))
 
+    def lacks_blocks(self, request: Request, comp: RequestCompression, num_new_tokens: int
+                     ) -> bool:
+        """Whether the chunk of ``num_new_tokens`` from ``request``'s computed end needs more
+        new blocks than the pool has free (:meth:`allocate_slots` would return ``None``)."""
+        needed = comp.blocks_needed(request.num_computed_tokens, num_new_tokens,
+                                    self.kv_block_size)
+        missing = needed - self.blocks_held(request.request_id)
+        return missing > self.block_pool.get_num_free_blocks()
+
 
 #: On the stock path the projected KV usage ships every this many steps (and when idle).
 PROJECTION_EVERY = 8
@@ -186,6 +195,9 @@ class BreadcrumbsScheduler(Scheduler):
         self._holdings_shown = False
         #: Unfinished requests sent with "auto" or a range: admitted by ``kv_budget.admits``.
         self.managed: set[str] = set()
+        #: Whether a running compressed request that lacks a block waits this step instead of
+        #: vLLM preempting another: with escalation on, unless the last step scheduled nothing.
+        self._may_wait = self.escalation
         self.kv_cache_manager = PhysicalBlockAccountant.adopt(
             self.kv_cache_manager, self.compressed, self.compression_stats)
         if self.connector is not None:
@@ -215,7 +227,8 @@ class BreadcrumbsScheduler(Scheduler):
 
     def schedule(self, *args, **kwargs):
         """vLLM's step, after raising ratios if the running requests' projected KV usage
-        passed the pool (``kv_budget.py``, "Escalation")."""
+        passed the pool (``kv_budget.py``, "Escalation"); a running compressed request that
+        lacks a block waits (:meth:`_reserve_prefill_lookahead`)."""
         if self.risers:
             self._risen.clear()
             self._escalate()
@@ -334,6 +347,9 @@ class BreadcrumbsScheduler(Scheduler):
         starts (vLLM advances it here)."""
         if self.compressed:
             attach(scheduler_output, self._plan(scheduler_output))
+        # A step in which every running request waited leaves the next to vLLM's preemption,
+        # so requests that wait for each other's blocks cannot stall the engine.
+        self._may_wait = self.escalation and scheduler_output.total_num_scheduled_tokens > 0
         Scheduler._update_after_schedule(self, scheduler_output)
 
     def _plan(self, scheduler_output) -> StepPlan:
@@ -443,13 +459,20 @@ class BreadcrumbsScheduler(Scheduler):
         self.compression_stats.close()
 
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
-        """vLLM's chunk size, capped at the prompt's end and the next beacon (rule 2)."""
+        """vLLM's chunk size, capped at the prompt's end and the next beacon (rule 2); 0 (vLLM
+        skips the request this step) for a running request that needs a block the pool lacks
+        when it may wait (``kv_budget.py``, "Waits"), where vLLM would preempt another."""
         num_new_tokens = Scheduler._reserve_prefill_lookahead(
             self, request, num_computed_tokens, num_new_tokens)
         comp = self.compressed.get(request.request_id) if self.compressed else None
         if comp is None:
             return num_new_tokens
-        return min(num_new_tokens, comp.chunk_limit(num_computed_tokens))
+        num_new_tokens = min(num_new_tokens, comp.chunk_limit(num_computed_tokens))
+        if (self._may_wait and num_new_tokens and request.status == RequestStatus.RUNNING
+                and self.kv_cache_manager.lacks_blocks(request, comp, num_new_tokens)):
+            self.compression_stats.waited()
+            return 0
+        return num_new_tokens
 
     def _get_local_prefix_cache_hit(self, request: Request):
         """vLLM's hit, cut inside the prompt for a compressed request (rule 3)."""

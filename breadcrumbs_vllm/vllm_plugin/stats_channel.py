@@ -51,10 +51,11 @@ from typing import Any
 
 DIRECTORY = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 PREFIX = "breadcrumbs"
-MAGIC = b"BCS1"
+MAGIC = b"BCS2"
 #: magic, number of ratios, seq (odd while writing), projected shown (0/1), projected usage,
-#: preemptions while a request could still rise, preemptions while none could (cumulative).
-HEADER = struct.Struct("<4sIQQdQQ")
+#: preemptions while a request could still rise, preemptions while none could, and steps a
+#: request waited for a block instead of a preemption (cumulative).
+HEADER = struct.Struct("<4sIQQdQQQ")
 #: Per ratio: ratio, beacons, evicted, freed (cumulative); held, uncompressed, shown (gauges).
 RATIO = struct.Struct("<7q")
 COUNTS = ("beacons", "evicted", "freed")
@@ -88,6 +89,9 @@ class Snapshot:
     #: Preemptions, cumulative: ``{"yes": while a request could still rise, "no": while
     #: none could}``.
     preemptions: dict[str, int]
+    #: Steps in which a running request waited for a free block instead of a preemption,
+    #: cumulative.
+    waits: int
 
 
 def _instance(vllm_config: Any, engine: int) -> str:
@@ -149,7 +153,8 @@ class StatsWriter:
     def publish(self, totals: dict[str, Any], holdings: dict[int, tuple[int, int]] | None,
                 projected: float) -> None:
         """Write the cumulative ``totals`` (``{"beacons": {ratio: n}, ..., "escalations":
-        {(from, to): n}, "preemptions": {"yes": n, "no": n}}``), the projected usage and,
+        {(from, to): n}, "preemptions": {"yes": n, "no": n}, "waits": {"block": n}}``), the
+        projected usage and,
         unless ``None`` (nothing compressed since they last dropped to 0), the holdings
         ``{ratio: (held, uncompressed)}``."""
         self._write(projected, totals, holdings)
@@ -158,7 +163,7 @@ class StatsWriter:
         preempted = totals.get("preemptions", {})
         HEADER.pack_into(self._map, 0, MAGIC, len(self.ratios), self._seq,
                          projected is not None, projected or 0.0, preempted.get("yes", 0),
-                         preempted.get("no", 0))
+                         preempted.get("no", 0), totals.get("waits", {}).get("block", 0))
 
     def _write(self, projected: float | None, totals: dict[str, Any],
                holdings: dict[int, tuple[int, int]] | None = None) -> None:
@@ -249,7 +254,8 @@ class StatsReader:
             if self._map is None:
                 return None
         for _ in range(3):
-            magic, n, seq, shown, projected, rising, stuck = HEADER.unpack_from(self._map, 0)
+            magic, n, seq, shown, projected, rising, stuck, waits = HEADER.unpack_from(
+                self._map, 0)
             if magic != MAGIC or seq % 2:
                 continue
             records = [RATIO.unpack_from(self._map, HEADER.size + i * RATIO.size)
@@ -264,7 +270,7 @@ class StatsReader:
             escalations = {pair: count for pair, count in zip(pairs, cells, strict=True)
                            if count}
             return Snapshot(projected if shown else None, ratios, escalations,
-                            {"yes": rising, "no": stuck})
+                            {"yes": rising, "no": stuck}, waits)
         return None
 
 
