@@ -344,7 +344,8 @@ def test_plugin_exposition_meets_the_contract() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusCompressionMetrics(registry)
     counts = {"beacons": 2, "evicted": 16, "freed": 1}
-    step = Snapshot(0.4, {8: RatioFigures(counts, 3, 5, True)}, {(None, 8): 1}, {"yes": 1})
+    step = Snapshot(0.4, {8: RatioFigures(counts, 3, 5, True)}, {(None, 8): 1}, {"yes": 1},
+                    waits=2)
     metrics.apply(step, {}, "countdown-student", "0")
     vllm_half = _page(engines=2, drop=PROJECTED, near_misses=False)
     with pytest.raises(AssertionError, match=PROJECTED):
