@@ -29,11 +29,13 @@ def _gateway_sample_names() -> set[str]:
 
 def _plugin_sample_names() -> set[str]:
     """The engine-side metrics the plugin's stat logger exports (``breadcrumbs_*``)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
     from breadcrumbs_vllm.vllm_plugin.metrics import PrometheusCompressionMetrics
 
     metrics = PrometheusCompressionMetrics.get()
-    families = [*metrics.counters.values(), metrics.held, metrics.saved, metrics.projected,
-                metrics.escalations, metrics.preemptions]
+    families = [*metrics.counters.values(),
+                *(m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase))]
     return {f"{m._name}_total" if m._type == "counter" else m._name for m in families}
 
 
