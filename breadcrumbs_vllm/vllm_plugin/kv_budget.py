@@ -72,9 +72,9 @@ whenever the projection over *all* unfinished requests (the queue's included) pa
 target cost 1 to 5 points of accuracy against admission-only "auto" (``docs/results-log.md``).
 
 ``--additional-config '{"breadcrumbs_escalation": false}'`` turns escalation off (every ratio is
-fixed at admission, admission is stock and vLLM preempts where a request would have waited); ``{"breadcrumbs_admission_rule": false}`` keeps the
-rises and drops the admission rule; ``{"breadcrumbs_admission_overcommit": 0}`` makes admission
-reserve every peak in full.
+fixed at admission, admission is stock and vLLM preempts where a request would have waited);
+``{"breadcrumbs_admission_rule": false}`` keeps the rises and drops the admission rule;
+``{"breadcrumbs_admission_overcommit": 0}`` makes admission reserve every peak in full.
 """
 
 from __future__ import annotations

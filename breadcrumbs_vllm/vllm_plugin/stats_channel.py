@@ -154,9 +154,8 @@ class StatsWriter:
                 projected: float) -> None:
         """Write the cumulative ``totals`` (``{"beacons": {ratio: n}, ..., "escalations":
         {(from, to): n}, "preemptions": {"yes": n, "no": n}, "waits": {"block": n}}``), the
-        projected usage and,
-        unless ``None`` (nothing compressed since they last dropped to 0), the holdings
-        ``{ratio: (held, uncompressed)}``."""
+        projected usage and, unless ``None`` (nothing compressed since they last dropped to 0),
+        the holdings ``{ratio: (held, uncompressed)}``."""
         self._write(projected, totals, holdings)
 
     def _header(self, projected: float | None, totals: dict[str, Any]) -> None:
