@@ -12,7 +12,8 @@ with the same pool:
 * ``auto-admission``: ``compression_ratio: "auto"``, the ratio fixed when a request is admitted
   (``--additional-config '{"breadcrumbs_escalation": false}'``);
 * ``auto-rises-only``: the same requests, allowed to rise while they run, admitted as stock
-  vLLM admits them (``{"breadcrumbs_admission_rule": false}``): the ablation;
+  vLLM admits them and preempted as it preempts, without waits
+  (``{"breadcrumbs_admission_rule": false}``): the ablation;
 * ``auto-escalation``: escalation as served (``kv_budget.py``): requests rise, and one is
   admitted only into room the running ones leave once raised to their ceilings.
 
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench_plugin import stock_view
+from bench_plugin import plugin_total, stock_view
 
 ARMS = ("stock", "auto-admission", "auto-rises-only", "auto-escalation")
 
@@ -133,7 +134,8 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
     scheduler.schedule = counted_schedule
     extra = None if arm == "stock" else {"compression_ratio": "auto"}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, extra_args=extra)
-    waits_before, escalations_before = _total(scheduler, "waits"), _total(scheduler, "escalations")
+    waits_before = plugin_total(scheduler, "waits")
+    escalations_before = plugin_total(scheduler, "escalations")
     texts, latencies, tokens, sent, final = {}, {}, 0, 0, Counter()
     start = time.perf_counter()
     with tqdm(total=len(prompts), desc=label, unit="req") as bar:
@@ -159,15 +161,9 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
     elapsed = time.perf_counter() - start
     del scheduler._preempt_request, scheduler.schedule  # the class's methods again
     return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed, preemptions,
-            _total(scheduler, "waits") - waits_before,
-            _total(scheduler, "escalations") - escalations_before,
+            plugin_total(scheduler, "waits") - waits_before,
+            plugin_total(scheduler, "escalations") - escalations_before,
             statistics.fmean(scheduled), dict(sorted(final.items())))
-
-
-def _total(scheduler, name: str) -> int:
-    """The scheduler's count of ``name`` since it started (0 on stock vLLM)."""
-    stats = getattr(scheduler, "compression_stats", None)
-    return sum(stats.totals[name].values()) if stats is not None else 0
 
 
 def _percentile(values: list[float], q: float) -> float:

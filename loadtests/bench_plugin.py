@@ -3,10 +3,10 @@
 One process, one run. Every setting decodes the same workload (many concurrent long greedy
 generations, ignore_eos) on an engine whose KV pool is fixed by ``--pool-blocks``; "stock" serves
 the same weights from a copy of the checkpoint without the ``breadcrumbs`` block, so vLLM runs
-exactly as without the plugin. Prints per setting: generated tokens/s, max and mean (per scheduler
-step) concurrently running requests, peak blocks held by one request, preemptions, and the
-ratios against stock. vLLM admits every request whose prompt fits and preempts later, so the
-mean is the concurrency that actually decodes.
+exactly as without the plugin. Prints per setting: generated tokens/s, the max and mean number of
+requests a scheduler step ran (the concurrency that actually decodes), peak blocks held by one
+request, preemptions, the plugin's waits for a block (steps a running compressed request sat
+out instead of vLLM preempting another), and the ratios against stock.
 
 Wall-clock speed on a shared machine drifts by more than the differences measured here, so the
 two engines stay up together and the settings run interleaved: every round runs each setting
@@ -48,10 +48,24 @@ class Figures:
     mean_running: float
     peak_blocks_per_request: int
     preemptions: int
+    waits: int
+
+
+def plugin_total(scheduler, name: str) -> int:
+    """The plugin's count of ``name`` (``"waits"``, ``"escalations"``) since the engine started;
+    0 on stock vLLM."""
+    stats = getattr(scheduler, "compression_stats", None)
+    return sum(stats.totals[name].values()) if stats is not None else 0
 
 
 class StepSampler:
-    """Wraps the scheduler to read, after every schedule, who runs and what each request holds."""
+    """Wraps the scheduler to read, after every schedule, how many requests the step ran and
+    what each running request holds.
+
+    "Ran" counts the requests the step scheduled tokens for, not the running list: a compressed
+    request that waits for a block (``kv_budget.py``, "Waits") stays in the list but sits the
+    step out, so the list overstates what decodes. Steps that ran nothing are not counted.
+    """
 
     def __init__(self, llm) -> None:
         self.scheduler = llm.llm_engine.engine_core.engine_core.scheduler
@@ -60,7 +74,7 @@ class StepSampler:
 
         def sampled_schedule(*args, **kwargs):
             out = schedule(*args, **kwargs)
-            self._sample()
+            self._sample(out)
             return out
 
         def counted_preempt(*args, **kwargs):
@@ -73,12 +87,19 @@ class StepSampler:
     def reset(self) -> None:
         self.max_running = self.peak_blocks = self.preemptions = 0
         self.steps = self.running_sum = 0
+        self._waits_at_reset = plugin_total(self.scheduler, "waits")
 
-    def _sample(self) -> None:
+    @property
+    def waits(self) -> int:
+        return plugin_total(self.scheduler, "waits") - self._waits_at_reset
+
+    def _sample(self, scheduler_output) -> None:
+        ran = len(scheduler_output.num_scheduled_tokens)
+        if ran:
+            self.max_running = max(self.max_running, ran)
+            self.steps += 1
+            self.running_sum += ran
         manager = self.scheduler.kv_cache_manager.coordinator.single_type_managers[0]
-        self.max_running = max(self.max_running, len(self.scheduler.running))
-        self.steps += 1
-        self.running_sum += len(self.scheduler.running)
         for request in self.scheduler.running:
             self.peak_blocks = max(self.peak_blocks,
                                    len(manager.req_to_blocks.get(request.request_id, ())))
@@ -135,7 +156,7 @@ def run_once(setting: Setting, args) -> Figures:
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     return Figures(setting.name, tokens / (time.perf_counter() - start), sampler.max_running,
                    sampler.running_sum / max(sampler.steps, 1), sampler.peak_blocks,
-                   sampler.preemptions)
+                   sampler.preemptions, sampler.waits)
 
 
 def engine(path: Path, args, **overrides):
@@ -219,14 +240,14 @@ def report(runs: dict[str, list[Figures]], args) -> None:
           f"{args.rounds} interleaved rounds (tok/s: median; vs stock: median of paired ratios, "
           "[min, max])")
     print(f"{'setting':<15}{'tok/s':>9}{'max run':>9}{'mean run':>10}{'peak blk/req':>14}"
-          f"{'bound':>7}{'preempt':>9}{'tok/s vs stock':>16}{'  [min, max]':<16}"
+          f"{'bound':>7}{'preempt':>9}{'waits':>7}{'tok/s vs stock':>16}{'  [min, max]':<16}"
           f"{'mean run vs stock':>18}")
     for name, figures in runs.items():
         f = figures[-1]
         print(f"{name:<15}{statistics.median(x.tokens_per_s for x in figures):>9.1f}"
               f"{f.max_running:>9}{f.mean_running:>10.1f}{f.peak_blocks_per_request:>14}"
               f"{block_bound(name, args):>7}"
-              f"{f.preemptions:>9}{statistics.median(wall[name]):>16.3f}"
+              f"{f.preemptions:>9}{f.waits:>7}{statistics.median(wall[name]):>16.3f}"
               f"  [{min(wall[name]):.3f}, {max(wall[name]):.3f}]"
               f"{f.mean_running / base.mean_running:>18.2f}")
     print("\ntok/s of each round, in round order:")

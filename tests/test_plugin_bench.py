@@ -30,4 +30,5 @@ def test_bench_plugin_prints_one_row_per_setting():
     peak_blocks = {name: int(cols[3]) for name, cols in rows.items()}
     assert peak_blocks["plugin c=8"] < peak_blocks["stock"] == peak_blocks["plugin c=off"]
     assert all(int(cols[3]) <= int(cols[4]) for cols in rows.values())  # within the physical bound
-    assert rows["stock"][6] == "1.000"  # each round's stock over itself: the pairing is per round
+    assert all(cols[6] == "0" for cols in rows.values())  # fixed ratios preempt, never wait
+    assert rows["stock"][7] == "1.000"  # each round's stock over itself: the pairing is per round

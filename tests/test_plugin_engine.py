@@ -20,6 +20,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
+from vllm.platforms import current_platform
 
 from breadcrumbs_vllm.reference import GenerationRequest, ReferenceEngine
 from breadcrumbs_vllm.vllm_plugin.compression import cdiv
@@ -46,6 +47,11 @@ class EngineProbe:
                     "num_gpu_blocks_override": POOL[block_size], "max_model_len": 2048,
                     "enable_prefix_caching": True, "seed": 0, "enforce_eager": eager,
                     "max_num_batched_tokens": STEP_BUDGET}
+        if current_platform.is_cpu():
+            # An explicit KV size: without one, vLLM's CPU worker wants 92% of the NUMA node
+            # free and refuses to start beside other processes (or after an in-process gateway
+            # test popped VLLM_CPU_KVCACHE_SPACE, as server/memory.py does).
+            defaults["kv_cache_memory_bytes"] = 1 << 30
         self.llm = LLM(**{**defaults, **overrides})
         self.scheduler = self.llm.llm_engine.engine_core.engine_core.scheduler
         self.pool = self.scheduler.kv_cache_manager.block_pool

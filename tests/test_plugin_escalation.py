@@ -126,21 +126,26 @@ def test_plugin_equals_the_reference_along_the_paths_it_ran(llm, tiny_checkpoint
         assert any(p[0][1] is not None and len(p) > 1 for p in paths), paths
 
 
-def test_requests_wait_for_blocks_and_a_stalled_step_preempts(llm, tiny_checkpoint):
-    """With escalation on, a running compressed request that lacks a block waits, where vLLM
-    would preempt another; once every running request waits in the same step, the next step
-    preempts as stock does (``kv_budget.py``, "Waits"). Twelve requests at a fixed c=2 outgrow
-    the pool together, so both happen (every request here is compressed, so only a stalled
-    step can preempt), and each request's tokens stay the reference engine's."""
+def test_managed_requests_wait_for_blocks_and_a_stalled_step_preempts(llm, tiny_checkpoint,
+                                                                        monkeypatch):
+    """A running request that admission admitted (here ``{"min": 2, "max": 2}``) and that lacks
+    a block waits, where vLLM would preempt another; once every running request waits in the
+    same step, the next step preempts as stock does (``kv_budget.py``, "Waits"). The same
+    twelve requests at a fixed c=2, admitted as stock admits them, never wait: vLLM preempts.
+    Admission's overcommit is set out of reach so that both batches start alike and outgrow
+    the pool together; each request's tokens stay the reference engine's either way."""
     prompts = _prompts(12, seed=5)
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    monkeypatch.setattr(scheduler, "overcommit", 100.0)
     totals = scheduler.compression_stats.totals
-    waits, preemptions = totals["waits"].total(), totals["preemptions"].total()
-    done = _run(llm, prompts, [2] * len(prompts), rise_chance=0.0, seed=0)
-    assert totals["waits"].total() > waits, "no request waited: the pool was meant to run out"
-    assert totals["preemptions"].total() > preemptions, "no step stalled"
     reference = ReferenceEngine.from_checkpoint(tiny_checkpoint)
     expected = reference.generate([GenerationRequest(p, 2, max_tokens=MAX_TOKENS,
                                                      ignore_eos=True) for p in prompts])
-    for i, result in enumerate(expected):
-        assert done[str(i)][0] == list(result.token_ids), i
+    for ask, waits_expected in ((2, False), ({"min": 2, "max": 2}, True)):
+        waits, preemptions = totals["waits"].total(), totals["preemptions"].total()
+        done = _run(llm, prompts, [ask] * len(prompts), rise_chance=0.0, seed=0)
+        waited = totals["waits"].total() - waits
+        assert (waited > 0) == waits_expected, (ask, waited)
+        assert totals["preemptions"].total() > preemptions, (ask, "nothing was preempted")
+        for i, result in enumerate(expected):
+            assert done[str(i)][0] == list(result.token_ids), (ask, i)

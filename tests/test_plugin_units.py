@@ -99,6 +99,22 @@ def test_blocks_needed_is_the_rule5_peak_at_a_beacon():
         assert comp.blocks_needed(beacon, 1, 32) == cdiv(40 + n // 8 + 8, 32)
 
 
+@pytest.mark.parametrize("prompt_len,ratio,block_size", [(5, 2, 32), (33, 4, 32), (64, 16, 64),
+                                                         (40, 8, 32)])
+def test_a_chunk_needs_at_most_a_block_per_block_size_of_tokens(prompt_len, ratio, block_size):
+    """What ``lacks_blocks``' cheap test relies on: after any chunk, the next chunk of ``k``
+    tokens needs at most ``cdiv(k, block_size)`` blocks more than the request then holds."""
+    comp = RequestCompression(BeaconSchedule(prompt_len, ratio), beacon_id=4)
+    position = prompt_len  # the prompt is allocated by vLLM's own path
+    held = cdiv(prompt_len, block_size)
+    while position < prompt_len + 40 * (ratio + 1):
+        for k in range(1, comp.chunk_limit(position) + 1):
+            assert comp.blocks_needed(position, k, block_size) - held <= cdiv(k, block_size)
+        limit = comp.chunk_limit(position)
+        held = comp.blocks_needed(position, limit, block_size)  # allocate_slots trims to this
+        position += limit
+
+
 def test_kv_figures_match_the_spec():
     figures = kv_figures(10, 4, 21)
     schedule = BeaconSchedule(10, 4)

@@ -54,13 +54,18 @@ blocks (the accountant never holds more) less the blocks it holds.
   is left. One rise per request per step; the next step may raise it again, up to its maximum
   (rises before the next window boundary merge into one switch). Ratios never fall.
 
-* **Waits** (any compressed request, while escalation is on): a running request whose next
-  chunk needs a block the pool lacks sits the step out instead of vLLM preempting the youngest
-  running request for it. Compressed requests hand blocks back on their own (each beacon
-  collapses a window) and finishing ones free theirs, so a wait of a few steps usually ends it,
-  where a preemption throws away a request's KV and recomputes it. If every running request
-  waited in one step (nothing was scheduled), the next step leaves the choice to vLLM, which
-  preempts as stock: waits cannot stall the engine.
+* **Waits** (compressed requests that admission admitted: sent with "auto" or a range): a
+  running one whose next chunk needs a block the pool lacks sits the step out instead of vLLM
+  preempting the youngest running request for it. Compressed requests hand blocks back on their
+  own (each beacon collapses a window) and finishing ones free theirs, so a wait of a few steps
+  usually ends it, where a preemption throws away a request's KV and recomputes it. If every
+  running request waited in one step (nothing was scheduled), the next step leaves the choice
+  to vLLM, which preempts as stock: waits cannot stall the engine. Waits pay only because
+  admission keeps the running requests' growth near the pool; requests admitted as stock admits
+  them (a fixed ratio, or "auto" with the admission rule off) overfill it, and when they waited
+  instead of being preempted, most of them sat out most steps holding blocks: at a fixed c=8
+  the KV-bound benchmark ran 3.0x stock's requests a step instead of 4.6x
+  (``docs/results.md``), so they preempt as stock.
 
 So admission lends a request room that rises can make, and a request rises only once the
 running requests would otherwise outgrow the pool: rises come late and few, which is what keeps

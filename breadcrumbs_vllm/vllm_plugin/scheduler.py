@@ -126,11 +126,19 @@ class PhysicalBlockAccountant(KVCacheManager):
     def lacks_blocks(self, request: Request, comp: RequestCompression, num_new_tokens: int
                      ) -> bool:
         """Whether the chunk of ``num_new_tokens`` from ``request``'s computed end needs more
-        new blocks than the pool has free (:meth:`allocate_slots` would return ``None``)."""
+        new blocks than the pool has free (:meth:`allocate_slots` would return ``None``).
+
+        Cheap first: the request's held blocks cover its computed tokens' physical slots, and
+        a chunk adds at most one physical slot per token, so it needs at most
+        ``cdiv(num_new_tokens, block_size)`` new blocks. While that many are free (every decode
+        step of a pool with a free block) the rule-5 figure is not computed here; it is computed
+        once, in :meth:`allocate_slots`."""
+        free = self.block_pool.get_num_free_blocks()
+        if cdiv(num_new_tokens, self.kv_block_size) <= free:
+            return False
         needed = comp.blocks_needed(request.num_computed_tokens, num_new_tokens,
                                     self.kv_block_size)
-        missing = needed - self.blocks_held(request.request_id)
-        return missing > self.block_pool.get_num_free_blocks()
+        return needed - self.blocks_held(request.request_id) > free
 
 
 #: On the stock path the projected KV usage ships every this many steps (and when idle).
@@ -193,11 +201,12 @@ class BreadcrumbsScheduler(Scheduler):
         self._unshipped_steps = 0  # steps with nothing compressed since the projection shipped
         #: Whether the last holdings shipped may be non-empty (so the next step ships them too).
         self._holdings_shown = False
-        #: Unfinished requests sent with "auto" or a range: admitted by ``kv_budget.admits``.
+        #: Unfinished requests sent with "auto" or a range while the admission rule is on:
+        #: admitted by ``kv_budget.admits``, and the only ones that wait for a block.
         self.managed: set[str] = set()
-        #: Whether a running compressed request that lacks a block waits this step instead of
-        #: vLLM preempting another: with escalation on, unless the last step scheduled nothing.
-        self._may_wait = self.escalation
+        #: Whether a running managed request that lacks a block waits this step instead of vLLM
+        #: preempting another: unless the last step scheduled nothing.
+        self._may_wait = True
         self.kv_cache_manager = PhysicalBlockAccountant.adopt(
             self.kv_cache_manager, self.compressed, self.compression_stats)
         if self.connector is not None:
@@ -227,7 +236,7 @@ class BreadcrumbsScheduler(Scheduler):
 
     def schedule(self, *args, **kwargs):
         """vLLM's step, after raising ratios if the running requests' projected KV usage
-        passed the pool (``kv_budget.py``, "Escalation"); a running compressed request that
+        passed the pool (``kv_budget.py``, "Escalation"); a running managed request that
         lacks a block waits (:meth:`_reserve_prefill_lookahead`)."""
         if self.risers:
             self._risen.clear()
@@ -349,7 +358,7 @@ class BreadcrumbsScheduler(Scheduler):
             attach(scheduler_output, self._plan(scheduler_output))
         # A step in which every running request waited leaves the next to vLLM's preemption,
         # so requests that wait for each other's blocks cannot stall the engine.
-        self._may_wait = self.escalation and scheduler_output.total_num_scheduled_tokens > 0
+        self._may_wait = scheduler_output.total_num_scheduled_tokens > 0
         Scheduler._update_after_schedule(self, scheduler_output)
 
     def _plan(self, scheduler_output) -> StepPlan:
@@ -460,15 +469,16 @@ class BreadcrumbsScheduler(Scheduler):
 
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
         """vLLM's chunk size, capped at the prompt's end and the next beacon (rule 2); 0 (vLLM
-        skips the request this step) for a running request that needs a block the pool lacks
-        when it may wait (``kv_budget.py``, "Waits"), where vLLM would preempt another."""
+        skips the request this step) for a running managed request that needs a block the pool
+        lacks when it may wait (``kv_budget.py``, "Waits"), where vLLM would preempt another."""
         num_new_tokens = Scheduler._reserve_prefill_lookahead(
             self, request, num_computed_tokens, num_new_tokens)
         comp = self.compressed.get(request.request_id) if self.compressed else None
         if comp is None:
             return num_new_tokens
         num_new_tokens = min(num_new_tokens, comp.chunk_limit(num_computed_tokens))
-        if (self._may_wait and num_new_tokens and request.status == RequestStatus.RUNNING
+        if (self._may_wait and num_new_tokens and request.request_id in self.managed
+                and request.status == RequestStatus.RUNNING
                 and self.kv_cache_manager.lacks_blocks(request, comp, num_new_tokens)):
             self.compression_stats.waited()
             return 0
