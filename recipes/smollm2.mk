@@ -36,7 +36,7 @@ artifact:  # the adapters (teacher + student) over the PyPI base: what models/ h
 
 # Assemble the artifact (and its teacher layer) and measure them on 32 held-out rows: what
 # docs/results.md reports ("SmolLM2-135M-Instruct"). On 2 CPU cores: `eval` about 50 minutes,
-# `bench` about 20; `fixed-budget` has not been run.
+# `bench` about 55; `fixed-budget` has not been run.
 ART := models/smollm2-sums-student
 S := runs/smollm2-sums-student
 T := runs/smollm2-sums-teacher
@@ -56,8 +56,8 @@ eval: assembled data  # the teacher; the student at c=8 against every baseline; 
 		--out $(ART)/results-c2-c4-c16.json
 
 bench: assembled  # stock vLLM against the plugin (off, c=4/8/16) on one KV-bound pool
-	.venv/bin/python loadtests/bench_plugin.py --model $(S) --requests 16 --max-tokens 640 \
-		--pool-blocks 84 --rounds 2
+	.venv/bin/python loadtests/bench_plugin.py --model $(S) --requests 24 --max-tokens 1024 \
+		--pool-blocks 44 --rounds 2
 
 fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
 	for B in $(BUDGETS); do $(BC) eval --model $(S) $(HELD) --ratios 4,8,16 \
