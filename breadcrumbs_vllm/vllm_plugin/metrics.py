@@ -117,8 +117,8 @@ class PrometheusCompressionMetrics:
             ["model_name", "engine", "could_rise"], registry=registry)
         self.waits = Counter(
             "breadcrumbs_block_waits", "Steps in which a running compressed request waited for "
-            "a free KV block where vLLM would have preempted a request (escalation on, "
-            "kv_budget.py)", ["model_name", "engine"], registry=registry)
+            "a free KV block where vLLM would have preempted a request (requests sent with "
+            "\"auto\" or a range, kv_budget.py)", ["model_name", "engine"], registry=registry)
         self.projected = Gauge(
             "breadcrumbs_kv_cache_usage_projected_perc",
             "KV usage projected over the unfinished requests' remaining growth (kv_budget.py): "
