@@ -108,9 +108,9 @@ def test_a_chunk_needs_at_most_a_block_per_block_size_of_tokens(prompt_len, rati
     position = prompt_len  # the prompt is allocated by vLLM's own path
     held = cdiv(prompt_len, block_size)
     while position < prompt_len + 40 * (ratio + 1):
-        for k in range(1, comp.chunk_limit(position) + 1):
-            assert comp.blocks_needed(position, k, block_size) - held <= cdiv(k, block_size)
         limit = comp.chunk_limit(position)
+        for k in range(1, limit + 1):
+            assert comp.blocks_needed(position, k, block_size) - held <= cdiv(k, block_size)
         held = comp.blocks_needed(position, limit, block_size)  # allocate_slots trims to this
         position += limit
 
