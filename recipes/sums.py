@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 INSTRUCTION = ("Add these numbers from left to right, one at a time: {numbers}. "
@@ -33,26 +34,35 @@ def row(rng: random.Random, lengths: tuple[int, int] = (6, 10),
             "answer": "\n".join(lines + [f"Answer: {total}"])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(description: str) -> argparse.ArgumentParser:
+    """The options every generator here takes: how many rows, the seed, rows to avoid, where."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--exclude", type=Path, default=None,
                         help="JSONL whose prompts must not recur (held-out rows vs training rows)")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def write_rows(args: argparse.Namespace, make_row: Callable[[random.Random], dict]) -> None:
+    """``args.n`` rows of ``make_row``, seeded, no prompt twice or in ``args.exclude``."""
     seen = set()
     if args.exclude is not None:
         seen = {json.loads(line)["prompt"] for line in args.exclude.read_text().splitlines()}
     rng, rows = random.Random(args.seed), []
     while len(rows) < args.n:
-        new = row(rng)
+        new = make_row(rng)
         if new["prompt"] not in seen:
             seen.add(new["prompt"])
             rows.append(new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} rows to {args.out}")
+
+
+def main() -> None:
+    write_rows(cli(__doc__.splitlines()[0]).parse_args(), row)
 
 
 if __name__ == "__main__":
