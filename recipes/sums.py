@@ -23,13 +23,20 @@ INSTRUCTION = ("Add these numbers from left to right, one at a time: {numbers}. 
                "End with 'Answer: <number>'.")
 
 
+def running_sum(numbers: list[int], line: str) -> tuple[list[str], int]:
+    """The worked lines adding ``numbers`` left to right (``line`` formats total, number, sum),
+    and the total."""
+    lines, total = [], numbers[0]
+    for n in numbers[1:]:
+        lines.append(line.format(total, n, total + n))
+        total += n
+    return lines, total
+
+
 def row(rng: random.Random, lengths: tuple[int, int] = (6, 10),
         values: tuple[int, int] = (2, 30)) -> dict[str, str]:
     numbers = [rng.randint(*values) for _ in range(rng.randint(*lengths))]
-    lines, total = [], numbers[0]
-    for n in numbers[1:]:
-        lines.append(f"{total} + {n} = {total + n}")
-        total += n
+    lines, total = running_sum(numbers, "{} + {} = {}")
     return {"prompt": INSTRUCTION.format(numbers=", ".join(map(str, numbers))),
             "answer": "\n".join(lines + [f"Answer: {total}"])}
 

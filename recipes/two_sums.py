@@ -2,7 +2,7 @@
 
 The last line needs list A's total, written before all of list B's lines and found in neither
 the prompt nor the recent lines. With list B long enough, no sliding window at a beacon
-student's KV keeps it (``docs/results-log.md``, "SmolLM2: tasks a window cannot solve"):
+student's KV keeps it (``docs/results-log.md``, "SmolLM2: a task no window solves"):
 
     python recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out runs/two-sums/train.jsonl
     python recipes/two_sums.py --n 500 --seed 1 --b-lengths 22,26 --exclude runs/two-sums/train.jsonl \\
@@ -17,26 +17,17 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from sums import cli, write_rows
+from sums import cli, running_sum, write_rows
 
 INSTRUCTION = ("Add up list A and list B separately, one number at a time, then add the two "
                "totals.")
 END = "End with 'Answer: <number>'."
 
 
-def running_sum(numbers: list[int]) -> tuple[list[str], int]:
-    """The worked lines ``8+5=13`` adding ``numbers`` left to right, and the total."""
-    lines, total = [], numbers[0]
-    for n in numbers[1:]:
-        lines.append(f"{total}+{n}={total + n}")
-        total += n
-    return lines, total
-
-
 def row(rng: random.Random, b_lengths: tuple[int, int], lists_first: bool) -> dict[str, str]:
     a = [rng.randint(1, 9) for _ in range(rng.randint(4, 5))]
     b = [rng.randint(1, 9) for _ in range(rng.randint(*b_lengths))]
-    (lines_a, total_a), (lines_b, total_b) = running_sum(a), running_sum(b)
+    (lines_a, total_a), (lines_b, total_b) = (running_sum(x, "{}+{}={}") for x in (a, b))
     lists = f"A: {', '.join(map(str, a))}. B: {', '.join(map(str, b))}."
     prompt = f"{lists} {INSTRUCTION} {END}" if lists_first else f"{INSTRUCTION} {lists} {END}"
     answer = ["A: " + lines_a[0], *lines_a[1:], "B: " + lines_b[0], *lines_b[1:],
