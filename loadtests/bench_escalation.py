@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from bench_plugin import plugin_total, stock_view
+from bench_plugin import StepSampler, plugin_total, stock_view
 
 ARMS = ("stock", "auto-admission", "auto-rises-only", "auto-escalation")
 
@@ -104,38 +104,20 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
     return out
 
 
-def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, label: str):
+def run_arm(llm, sampler: StepSampler, arm: str, prompts: list[list[int]], times: list[float],
+            args, label: str):
     """Feed the arrivals open loop; returns (texts by index, latencies, tokens/s, preemptions,
-    waits, escalations, mean scheduled, final ratios)."""
+    waits, escalations, mean scheduled, final ratios). ``sampler`` wraps ``llm``'s scheduler."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     from breadcrumbs_vllm.vllm_plugin.report import read_report
 
     engine = llm.llm_engine
-    scheduler = engine.engine_core.engine_core.scheduler
-    preempt = scheduler._preempt_request
-    preemptions = 0
-
-    def counted(*a, **kw):
-        nonlocal preemptions
-        preemptions += 1
-        return preempt(*a, **kw)
-
-    scheduler._preempt_request = counted
-    schedule, scheduled = scheduler.schedule, []
-
-    def counted_schedule(*a, **kw):
-        out = schedule(*a, **kw)
-        if out.num_scheduled_tokens:
-            scheduled.append(len(out.num_scheduled_tokens))
-        return out
-
-    scheduler.schedule = counted_schedule
+    sampler.reset()
     extra = None if arm == "stock" else {"compression_ratio": "auto"}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, extra_args=extra)
-    waits_before = plugin_total(scheduler, "waits")
-    escalations_before = plugin_total(scheduler, "escalations")
+    escalations_before = plugin_total(sampler.scheduler, "escalations")
     texts, latencies, tokens, sent, final = {}, {}, 0, 0, Counter()
     start = time.perf_counter()
     with tqdm(total=len(prompts), desc=label, unit="req") as bar:
@@ -159,11 +141,10 @@ def run_arm(llm, arm: str, prompts: list[list[int]], times: list[float], args, l
                     final[str(report.path[-1][1]) if report is not None else "none"] += 1
                     bar.update()
     elapsed = time.perf_counter() - start
-    del scheduler._preempt_request, scheduler.schedule  # the class's methods again
-    return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed, preemptions,
-            plugin_total(scheduler, "waits") - waits_before,
-            plugin_total(scheduler, "escalations") - escalations_before,
-            statistics.fmean(scheduled), dict(sorted(final.items())))
+    return (texts, [latencies[i] for i in sorted(latencies)], tokens / elapsed,
+            sampler.preemptions, sampler.waits,
+            plugin_total(sampler.scheduler, "escalations") - escalations_before,
+            sampler.running_sum / max(sampler.steps, 1), dict(sorted(final.items())))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -274,6 +255,7 @@ def main() -> None:
         # after another: a run's neighbours are seconds away, not an engine start.
         engines = {arm: make_engine(stock if arm == "stock" else args.model, arm, args)
                    for arm in arms}
+        samplers = {arm: StepSampler(llm) for arm, llm in engines.items()}
         prompts = {arm: [llm.get_tokenizer().apply_chat_template(
             [{"role": "user", "content": pr.prompt}], add_generation_prompt=True, tokenize=True,
             return_dict=False) for pr in problems] for arm, llm in engines.items()}
@@ -285,7 +267,7 @@ def main() -> None:
                 llm = engines[arm]
                 llm.reset_prefix_cache()  # no run finds the prompts of the one before
                 (texts, latencies, tok_s, preemptions, waits, escalations, mean_scheduled,
-                 final) = run_arm(llm, arm, prompts[arm], times, args,
+                 final) = run_arm(llm, samplers[arm], arm, prompts[arm], times, args,
                                   f"{arm} @{rate:g}/s #{repeat + 1}")
                 accuracy = sum(task.verify(pr, texts[i]) for i, pr in enumerate(problems))
                 rows.append(ArmFigures(repeat, arm, rate, preemptions, waits, escalations, tok_s,

@@ -425,9 +425,14 @@ class Run:
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self, max_minutes: float | None = None) -> bool:
-        """Train until done or the time budget is spent; return whether the run is finished."""
+        """Train until done or the time budget is spent; return whether the run is finished.
+
+        ``max_minutes`` counts this call only. The log's ``time`` counts the whole run: a resumed
+        run's clock goes on from the last step it logged, so the column reads as training time.
+        """
         cfg = self.cfg
         start = time.time()
+        logged_before = self.log[-1]["time"] if self.log else 0.0
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"train {cfg.stage}",
                    disable=not self.acc.is_main_process)
         shown: dict[str, float] = {}
@@ -448,7 +453,7 @@ class Run:
             self.step += 1
             if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
                 metrics.update(self.evaluate())
-            self.log.append({"step": self.step, "time": round(time.time() - start, 2), **metrics})
+            self.log.append({"step": self.step, "time": round(logged_before + time.time() - start, 2), **metrics})
             shown.update({k: round(v, 4) for k, v in metrics.items()})
             bar.set_postfix(shown, refresh=False)
             bar.update(1)
