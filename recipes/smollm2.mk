@@ -77,7 +77,7 @@ TWO_COMMON := --data $(TWO)/train.jsonl --verifier exact --max-tokens 300 --mixe
 	--threads 2 --seed 0
 TWO_HELD := --data $(TWO)/held-out.jsonl --verifier exact --seed 1234 --max-tokens 300 --n 32
 
-.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student
+.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-eval
 
 two-sums-data:  # 20,000 training rows, list B of 22-26 numbers; 500 held out
 	.venv/bin/python recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out $(TWO)/train.jsonl
@@ -99,3 +99,9 @@ two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces:
 	$(TRAIN) student --teacher runs/two-sums-teacher $(TWO_COMMON) --lora-rank 16 \
 		--ratios 2,4,8,16 --trace-steps 420 --trace-batch 8 --trace-ce 1.0 --distill-lr 1e-3 \
 		--warmup 10 --eval-every 1000 --eval-n 16 --save-every 10 --out runs/two-sums-student
+
+two-sums-eval: two-sums-data  # the student at c=8 against every baseline at its peaks; c=2, 4, 16
+	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
+		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-vs-baselines.json
+	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 2,4,16 --baselines '' --kl \
+		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-c2-c4-c16.json
