@@ -70,8 +70,8 @@ fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
 # was written, beyond every sliding window at a c=8 student's KV. Measured so far
 # (docs/results-log.md, "SmolLM2: a task no window solves"): `two-sums-teacher` (18 min on 2
 # cores) scores 87.5% held out and every training-free baseline 0% at 184 entries
-# (`two-sums-probe`, 15 min). `two-sums-student` is set up, not run to the end: about 15 s a
-# step here, 1 h 45 min for 420 steps; made for a GPU.
+# (`two-sums-probe`, 15 min). `two-sums-student` ran 330 of its 420 steps here (1 h 45 min,
+# 17-25 s a step) and scores 0% at every ratio (`two-sums-eval`, 30 min): it needs a GPU.
 TWO := runs/two-sums
 TWO_COMMON := --data $(TWO)/train.jsonl --verifier exact --max-tokens 300 --mixed-precision auto \
 	--threads 2 --seed 0
@@ -105,3 +105,5 @@ two-sums-eval: two-sums-data  # the student at c=8 against every baseline at its
 		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-vs-baselines.json
 	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 2,4,16 --baselines '' --kl \
 		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-c2-c4-c16.json
+	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios none --baselines '' \
+		--out docs/results/smollm2-two-sums-student-uncompressed.json
