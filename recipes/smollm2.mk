@@ -71,7 +71,7 @@ fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
 # (docs/results-log.md, "SmolLM2: a task no window solves"): `two-sums-teacher` (18 min on 2
 # cores) scores 87.5% held out and every training-free baseline 0% at 184 entries
 # (`two-sums-probe`, 15 min). `two-sums-student` ran 330 of its 420 steps here (1 h 45 min,
-# 17-25 s a step) and scores 0% at every ratio (`two-sums-eval`, 30 min): it needs a GPU.
+# 17-25 s a step) and scores 0% at every ratio (`two-sums-eval`, 32 min): it needs a GPU.
 TWO := runs/two-sums
 TWO_COMMON := --data $(TWO)/train.jsonl --verifier exact --max-tokens 300 --mixed-precision auto \
 	--threads 2 --seed 0
@@ -100,7 +100,7 @@ two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces:
 		--ratios 2,4,8,16 --trace-steps 420 --trace-batch 8 --trace-ce 1.0 --distill-lr 1e-3 \
 		--warmup 10 --eval-every 1000 --eval-n 16 --save-every 10 --out runs/two-sums-student
 
-two-sums-eval: two-sums-data  # the student at c=8 against every baseline at its peaks; c=2, 4, 16
+two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its peaks; 2, 4, 16; none
 	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
 		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-vs-baselines.json
 	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 2,4,16 --baselines '' --kl \

@@ -453,7 +453,8 @@ class Run:
             self.step += 1
             if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
                 metrics.update(self.evaluate())
-            self.log.append({"step": self.step, "time": round(logged_before + time.time() - start, 2), **metrics})
+            clock = logged_before + time.time() - start
+            self.log.append({"step": self.step, "time": round(clock, 2), **metrics})
             shown.update({k: round(v, 4) for k, v in metrics.items()})
             bar.set_postfix(shown, refresh=False)
             bar.update(1)
