@@ -71,7 +71,7 @@ fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
 # (docs/results-log.md, "SmolLM2: a task no window solves"): `two-sums-teacher` (18 min on 2
 # cores) scores 87.5% held out and every training-free baseline 0% at 184 entries
 # (`two-sums-probe`, 15 min). `two-sums-student` ran 330 of its 420 steps here (1 h 45 min,
-# 17-25 s a step) and scores 0% at every ratio (`two-sums-eval`, 32 min): it needs a GPU.
+# 15-21 s a step) and scores 0% at every ratio (`two-sums-eval`, 32 min): it needs a GPU.
 TWO := runs/two-sums
 TWO_COMMON := --data $(TWO)/train.jsonl --verifier exact --max-tokens 300 --mixed-precision auto \
 	--threads 2 --seed 0
