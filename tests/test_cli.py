@@ -34,6 +34,24 @@ def test_the_gateway_adds_its_subcommands(command: str) -> None:
     assert f"usage: breadcrumbs {command}" in proc.stdout
 
 
+def test_a_command_that_cannot_import_is_refused_in_one_line(monkeypatch, capsys) -> None:
+    """Where the gateway's dependencies are missing (a machine that only trains), the other
+    commands still parse and the gateway's says why it cannot run."""
+    from breadcrumbs_vllm import cli
+
+    class Broken:
+        name = "serve"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'fastapi'")
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [Broken()])
+    assert cli.main(["serve", "--model", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "breadcrumbs serve: error: this command cannot run here: No module named " \
+                  "'fastapi'\n"
+
+
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "countdown-random"

@@ -20,6 +20,7 @@ from transformers import (
     T5Config,
 )
 
+import breadcrumbs_vllm.convert as convert_module
 from breadcrumbs_vllm.checkpoint import load_checkpoint, stop_token_ids
 from breadcrumbs_vllm.cli import main
 from breadcrumbs_vllm.convert import UnsupportedModel, check_architecture
@@ -100,6 +101,13 @@ def test_refusal_checks_the_vllm_registry_and_causal_lm_head() -> None:
     # A RoPE decoder of another family passes, but is not one the suite verifies.
     mistral = MistralConfig(sliding_window=None, architectures=["MistralForCausalLM"])
     assert check_architecture(mistral, vllm_archs={"MistralForCausalLM"}) is False
+
+
+def test_without_vllm_the_registry_check_is_skipped_with_a_warning(monkeypatch) -> None:
+    """A machine that only trains (a GPU without vLLM) still converts; serving checks again."""
+    monkeypatch.setattr(convert_module, "vllm_architectures", lambda: None)
+    with pytest.warns(UserWarning, match="vLLM is not installed here"):
+        assert check_architecture(LlamaConfig(architectures=["LlamaForCausalLM"])) is True
 
 
 def test_convert_bad_input_is_one_line(tmp_path, capsys) -> None:

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 
 # Subcommand modules, in the order ``--help`` lists them (entry-point commands follow).
@@ -44,8 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
     for command in entry_points(group=COMMAND_GROUP):
-        command.load()(sub)
+        try:
+            register = command.load()
+        except ImportError as exc:  # its package is here but what it needs is not
+            register = _unavailable(command.name, exc)
+        register(sub)
     return parser
+
+
+def _unavailable(name: str, exc: ImportError) -> Callable[[argparse._SubParsersAction], None]:
+    """A stand-in for an entry-point command that failed to import: the other commands still
+    work (a machine with only the training dependencies), and this one says what is missing."""
+    def register(sub: argparse._SubParsersAction) -> None:
+        def refuse(args: argparse.Namespace) -> int:
+            raise UsageError(f"this command cannot run here: {exc}")
+
+        # No option prefix: every argument is taken as is, so the refusal is what is printed.
+        p = sub.add_parser(name, help=f"(unavailable here: {exc})", add_help=False,
+                           prefix_chars="\0")
+        p.add_argument("rest", nargs="*")
+        p.set_defaults(func=refuse)
+    return register
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,130 @@
+"""The GPU training run, simulated on this CPU: pack, carry, unpack, train, export, assemble.
+
+``loadtests/gpu/train_pack.py`` packs what a GPU machine without vLLM or network needs to train
+the SmolLM2 two-sums pair (the base in parts, three wheels, the recipe's commands), and
+``loadtests/gpu_train.sh`` runs it there. Here the script runs for real on the CPU, with the
+recipe's commands cut to one step each, and with the packages the GPU machine lacks made
+unimportable from this environment (``sitecustomize`` below): vLLM, gguf (which must then come
+from the pack's wheel), math-verify and the gateway's FastAPI. What this proves: the pack is
+complete, the parts join to the pinned file, the recorded commands run in order outside the tree,
+and what comes back is an adapter artifact that assembles here. Not proved: anything about CUDA
+(the trainer's device handling was checked on a lent H200 with the bundled models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from breadcrumbs_vllm.adapters import assemble, read_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "loadtests" / "gpu_train.sh"
+PACKER = ROOT / "loadtests" / "gpu" / "train_pack.py"
+ONE_STEP = "--max-tokens 40 --eval-n 1 --save-every 1"
+
+# Loaded at start-up by every Python the script runs: the GPU machine's missing packages fail to
+# import unless a folder outside this environment's site-packages (the pack's) provides them.
+BLOCKER = '''
+import importlib.machinery, sys
+
+class Missing:
+    NAMES = {"vllm", "gguf", "math_verify", "fastapi"}
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] not in self.NAMES:
+            return None
+        outside = [p for p in sys.path if "site-packages" not in p]
+        spec = importlib.machinery.PathFinder.find_spec(name, path if "." in name else outside)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r} (not on the GPU machine)")
+        return spec
+
+sys.meta_path.insert(0, Missing())
+'''
+
+
+def run_script(pack: Path, out: Path, work: Path, blocker: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BREADCRUMBS_GPU_TRAIN_PACK": str(pack), "OUT": str(out),
+           "WORK": str(work), "PYTHONPATH": str(blocker),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def blocker(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("blocker")
+    (folder / "sitecustomize.py").write_text(BLOCKER)
+    for name in ("vllm", "gguf"):  # the simulation holds only if these are really gone
+        done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True,
+                              env={**os.environ, "PYTHONPATH": str(folder)}, check=False)
+        assert "not on the GPU machine" in done.stderr.decode(), done.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pack(smollm2_base, tmp_path_factory) -> Path:
+    """A pack of three parts whose commands train one step each (``smollm2_base`` has the GGUF
+    file in the download cache)."""
+    folder = tmp_path_factory.mktemp("gpu-train")
+    subprocess.run([sys.executable, str(PACKER), "build", "--parts", "3",
+                    "--teacher-extra", f"--sft-steps 1 --sft-batch 1 {ONE_STEP}",
+                    "--student-extra", f"--trace-steps 1 --trace-batch 1 {ONE_STEP}"],
+                   env={**os.environ, "BREADCRUMBS_GPU_TRAIN_PACK": str(folder)},
+                   check=True, capture_output=True)
+    return folder
+
+
+def test_pack_records_the_recipes_commands(pack):
+    assert sorted(p.name for p in pack.glob("base.gguf.*")) == [
+        f"base.gguf.{k}-of-3" for k in (1, 2, 3)]
+    assert sorted(p.name.split("-")[0] for p in (pack / "wheels").glob("*.whl")) == [
+        "accelerate", "gguf", "peft"]
+    commands = (pack / "commands.sh").read_text()
+    for step in ("cli fetch smollm2-135m-instruct", "recipes/two_sums.py", "cli train teacher",
+                 "cli train student"):
+        assert step in commands
+    assert ".venv" not in commands  # the GPU machine has no venv
+    assert commands.rstrip().endswith(f"--trace-steps 1 --trace-batch 1 {ONE_STEP}")
+
+
+def test_gpu_run_trains_and_exports_an_artifact(pack, blocker, smollm2_base, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = run_script(pack, out, work, blocker)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # What comes back fits the device's limits: 8 files at most, 2 folders down.
+    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.parts) <= 3 for p in files), files
+    artifact = out / "two-sums-student"
+    assert read_artifact(artifact)["layers"] == ["two-sums-teacher", "two-sums-student"]
+    for log, steps in (("teacher-log.jsonl", 1), ("student-log.jsonl", 1)):
+        rows = [json.loads(line) for line in (out / log).read_text().splitlines()]
+        assert [row["step"] for row in rows if "step" in row][-1] == steps
+    assert "train student" in (out / "train.log").read_text()
+    assembled = assemble(artifact, smollm2_base, tmp_path / "assembled")
+    assert (assembled / "config.json").is_file()
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_gpu_run_refuses_an_incomplete_base(pack, blocker, tmp_path, damage):
+    partial = tmp_path / "pack"
+    shutil.copytree(pack, partial)
+    second = partial / "base.gguf.2-of-3"
+    if damage == "missing":
+        second.unlink()
+    else:
+        second.write_bytes(b"\0" * second.stat().st_size)
+    done = run_script(partial, tmp_path / "out", tmp_path / "work", blocker)
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()[-1]
+    expected = ("base part(s) 2 of 3 missing" if damage == "missing"
+                else "do not have smollm2-135m-instruct's pinned SHA-256")
+    assert expected in message, done.stderr
+    assert not (tmp_path / "work" / "runs").exists()  # nothing ran
