@@ -79,6 +79,11 @@ TWO_HELD := --data $(TWO)/held-out.jsonl --verifier exact --seed 1234 --max-toke
 # last value): how a GPU run changes the batch, steps and time limit (loadtests/gpu_train.sh).
 TWO_TEACHER_EXTRA :=
 TWO_STUDENT_EXTRA :=
+# The pair `two-sums-probe` and `two-sums-eval` score, and where their JSON goes (a GPU run's
+# assembled pair: TWO_T=runs/gpu-two-sums-teacher TWO_S=... TWO_OUT=docs/results/smollm2-gpu-two-sums).
+TWO_T := runs/two-sums-teacher
+TWO_S := runs/two-sums-student
+TWO_OUT := docs/results/smollm2-two-sums
 
 .PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-eval gpu-train-pack
 
@@ -93,10 +98,10 @@ two-sums-teacher: base two-sums-data  # 120 LoRA (rank 8) SFT steps of 8 worked 
 		--out runs/two-sums-teacher $(TWO_TEACHER_EXTRA)
 
 two-sums-probe: two-sums-data  # the teacher held out; every baseline at 184 entries
-	$(BC) eval --model runs/two-sums-teacher $(TWO_HELD) --ratios none --baselines '' \
-		--out docs/results/smollm2-two-sums-teacher.json
-	$(BC) eval --model runs/two-sums-teacher $(TWO_HELD) --ratios none --baselines $(BASELINES) \
-		--budgets 184 --out docs/results/smollm2-two-sums-baselines-B184.json
+	$(BC) eval --model $(TWO_T) $(TWO_HELD) --ratios none --baselines '' \
+		--out $(TWO_OUT)-teacher.json
+	$(BC) eval --model $(TWO_T) $(TWO_HELD) --ratios none --baselines $(BASELINES) \
+		--budgets 184 --out $(TWO_OUT)-baselines-B184.json
 
 two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces: KL + cross-entropy
 	$(TRAIN) student --teacher runs/two-sums-teacher $(TWO_COMMON) --lora-rank 16 \
@@ -105,12 +110,12 @@ two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces:
 		$(TWO_STUDENT_EXTRA)
 
 two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its peaks; 2, 4, 16; none
-	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
-		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-vs-baselines.json
-	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios 2,4,16 --baselines '' --kl \
-		--baseline-model runs/two-sums-teacher --out docs/results/smollm2-two-sums-c2-c4-c16.json
-	$(BC) eval --model runs/two-sums-student $(TWO_HELD) --ratios none --baselines '' \
-		--out docs/results/smollm2-two-sums-student-uncompressed.json
+	$(BC) eval --model $(TWO_S) $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
+		--baseline-model $(TWO_T) --out $(TWO_OUT)-vs-baselines.json
+	$(BC) eval --model $(TWO_S) $(TWO_HELD) --ratios 2,4,16 --baselines '' --kl \
+		--baseline-model $(TWO_T) --out $(TWO_OUT)-c2-c4-c16.json
+	$(BC) eval --model $(TWO_S) $(TWO_HELD) --ratios none --baselines '' \
+		--out $(TWO_OUT)-student-uncompressed.json
 
 # On a lent GPU (docs/training.md, "On a lent GPU"): the same teacher, and the student with 32
 # traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in

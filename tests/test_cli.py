@@ -92,6 +92,12 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
                 "mean_kv_entries", "peak_kv_entries", "failures"} <= set(row)
         # Every failed problem is diagnosed once (a random model's text is no trace).
         assert sum(row["failures"].values()) == round(row["n"] * (1 - row["accuracy"]))
+        # The first three failures are kept as written, with their problem and diagnosis.
+        examples = row["failed_examples"]
+        assert len(examples) == min(3, sum(row["failures"].values()))
+        assert [e["problem"] for e in examples] == sorted({e["problem"] for e in examples})
+        for example in examples:
+            assert row["failures"][example["diagnosis"]] >= 1 and example["text"]
     # Baselines run at the peak budget of the ratio they match.
     by = {(r["setting"], r["ratio"]): r for r in rows}
     assert by[("streaming", 8)]["budget"] == pytest.approx(by[("c=8", 8)]["peak_kv_entries"])

@@ -30,6 +30,8 @@ from breadcrumbs_vllm.reference import (
 )
 from breadcrumbs_vllm.tasks.base import Problem, Task
 
+#: Failed completions kept per row (``EvalRow.failed_examples``).
+FAILED_EXAMPLES = 3
 
 @dataclass
 class EvalRow:
@@ -54,6 +56,9 @@ class EvalRow:
     finish_reasons: dict[str, int] = field(default_factory=dict)
     #: A switch row: the ``(t, c)`` where its ratio rises (rule 8); empty for a fixed ratio.
     switches: list[list[int]] = field(default_factory=list)
+    #: The first few failed completions, ``{"problem", "diagnosis", "text"}`` (``problem``: the
+    #: index in the evaluated set): what went wrong, readable from the JSON without decoding again.
+    failed_examples: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,8 +191,11 @@ class Evaluator:
              problems: Sequence[Problem], results: list[GenerationResult]) -> EvalRow:
         assert self.engine.tokenizer is not None
         texts = [self.engine.tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
-        verdicts = Counter(self.task.diagnose(p, t) for p, t in zip(problems, texts, strict=True))
+        diagnoses = [self.task.diagnose(p, t) for p, t in zip(problems, texts, strict=True)]
+        verdicts = Counter(diagnoses)
         correct = verdicts.pop("correct", 0)
+        failed = [{"problem": i, "diagnosis": d, "text": t}
+                  for i, (d, t) in enumerate(zip(diagnoses, texts, strict=True)) if d != "correct"]
         n = len(results)
         return EvalRow(
             setting=setting,
@@ -201,4 +209,5 @@ class Evaluator:
             n=n,
             failures=dict(verdicts.most_common()),
             finish_reasons=dict(Counter(r.finish_reason for r in results).most_common()),
+            failed_examples=failed[:FAILED_EXAMPLES],
         )
