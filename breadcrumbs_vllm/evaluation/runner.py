@@ -33,6 +33,7 @@ from breadcrumbs_vllm.tasks.base import Problem, Task
 #: Failed completions kept per row (``EvalRow.failed_examples``).
 FAILED_EXAMPLES = 3
 
+
 @dataclass
 class EvalRow:
     """One line of the results table (and one object of the results JSON)."""
