@@ -17,7 +17,7 @@ import torch
 from byo_models import converted
 from peft import get_peft_model_state_dict
 
-from breadcrumbs_vllm.adapters import assemble, export
+from breadcrumbs_vllm.adapters import assemble, export, read_artifact
 from breadcrumbs_vllm.bases import BASE_FILE, BASES
 from breadcrumbs_vllm.checkpoint import load_checkpoint, save_checkpoint
 from breadcrumbs_vllm.cli import main
@@ -26,9 +26,10 @@ from breadcrumbs_vllm.training.trainer import merged_copy, with_lora
 RECORD = BASES["smollm2-135m-instruct"].record()
 
 
-def lora_run(parent: Path, out: Path, stage: str, seed: int):
+def lora_run(parent: Path, out: Path, stage: str, seed: int, teacher: Path | None = None):
     """A finished LoRA run of ``stage`` on the model in ``parent``: random adapters (B non-zero,
-    so merging changes the weights, and a moved beacon row) saved as the trainer saves them."""
+    so merging changes the weights, and a moved beacon row) saved as the trainer saves them. A
+    student given a ``teacher`` continued ``parent`` (``--init``) as the trainer records it."""
     model, tokenizer, bc = load_checkpoint(parent)
     peft_model = with_lora(model, 2, bc.beacon_token_id)
     generator = torch.Generator().manual_seed(seed)
@@ -39,6 +40,8 @@ def lora_run(parent: Path, out: Path, stage: str, seed: int):
     merged = merged_copy(peft_model)
     config = {"stage": stage, "lora_rank": 2,
               "teacher" if stage == "student" else "init": str(parent)}
+    if teacher is not None:
+        config |= {"teacher": str(teacher), "init": str(parent)}
     save_checkpoint(merged, tokenizer, bc, out,
                     extra_files={"training_config.json": json.dumps(config)})
     torch.save({"lora": get_peft_model_state_dict(peft_model)}, out / "trainer_state.pt")
@@ -74,6 +77,51 @@ def test_export_then_assemble_rebuilds_the_student(lineage, tmp_path) -> None:
                               untouched.model.embed_tokens.weight[beacon])
 
 
+def assert_rebuilt(artifact: Path, base: Path, want, out: Path) -> None:
+    rebuilt, _, _ = load_checkpoint(assemble(artifact, base, out))
+    expected = want.state_dict()
+    for name, tensor in rebuilt.state_dict().items():  # adapters are stored in bf16
+        torch.testing.assert_close(tensor, expected[name], atol=3e-2, rtol=3e-2, msg=name)
+
+
+def test_a_continued_student_exports_the_student_it_started_from(lineage, tmp_path) -> None:
+    """``--init`` a student: the new LoRA trained on that student, so it is the layer below (not
+    the teacher, which only supplied the targets)."""
+    root, base, _ = lineage
+    more = lora_run(root / "student", tmp_path / "more", "student", seed=3,
+                    teacher=root / "teacher")
+    artifact = export(tmp_path / "more", tmp_path / "artifact")
+    assert read_artifact(artifact)["layers"] == ["teacher", "student", "more"]
+    assert_rebuilt(artifact, base, more, tmp_path / "out")
+
+
+def test_a_student_continued_from_an_assembled_artifact_exports_every_layer(lineage,
+                                                                             tmp_path) -> None:
+    """Another machine gets only the artifact: it assembles the student and the teacher, goes
+    on training from them, and exports the artifact's layers plus its own."""
+    root, base, _ = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    student = assemble(artifact, base, tmp_path / "assembled-student")
+    teacher = assemble(artifact, base, tmp_path / "assembled-teacher", upto="teacher")
+    more = lora_run(student, tmp_path / "more", "student", seed=4, teacher=teacher)
+    again = export(tmp_path / "more", tmp_path / "again")
+    record = read_artifact(again)
+    assert record["layers"] == ["teacher", "student", "more"] and record["base"] == RECORD
+    assert_rebuilt(again, base, more, tmp_path / "out")
+
+
+def test_a_layer_name_twice_in_a_lineage_is_refused(lineage, tmp_path, capsys) -> None:
+    root, base, _ = lineage
+    artifact = export(root / "student", tmp_path / "artifact")
+    student = assemble(artifact, base, tmp_path / "assembled")
+    lora_run(student, tmp_path / "student", "student", seed=5, teacher=root / "teacher")
+    code = main(["adapter", "export", "--run", str(tmp_path / "student"),
+                 "--out", str(tmp_path / "again")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "two layers" in err and "'student'" in err and "\n" not in err
+    assert not (tmp_path / "again").exists()
+
+
 def test_a_base_of_another_model_is_refused_in_one_line(lineage, tmp_path, capsys) -> None:
     root, base, _ = lineage
     artifact = export(root / "student", tmp_path / "artifact")
@@ -105,7 +153,7 @@ def test_a_run_without_lora_or_base_cannot_be_exported(lineage, tmp_path, capsys
     _, base, _ = lineage
     code = main(["adapter", "export", "--run", str(base.parent / "llama"),
                  "--out", str(tmp_path / "a")])
-    assert code == 2 and "neither a training run nor a fetched base" in capsys.readouterr().err
+    assert code == 2 and "neither a training run, a fetched base" in capsys.readouterr().err
 
 
 def test_a_missing_base_folder_is_refused_in_one_line(lineage, tmp_path, capsys) -> None:
