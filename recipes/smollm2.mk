@@ -85,7 +85,8 @@ TWO_T := runs/two-sums-teacher
 TWO_S := runs/two-sums-student
 TWO_OUT := docs/results/smollm2-two-sums
 
-.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-eval gpu-train-pack
+.PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-continue \
+	two-sums-eval gpu-train-pack
 
 two-sums-data:  # 20,000 training rows, list B of 22-26 numbers; 500 held out
 	$(PY) recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out $(TWO)/train.jsonl
@@ -103,11 +104,28 @@ two-sums-probe: two-sums-data  # the teacher held out; every baseline at 184 ent
 	$(BC) eval --model $(TWO_T) $(TWO_HELD) --ratios none --baselines $(BASELINES) \
 		--budgets 184 --out $(TWO_OUT)-baselines-B184.json
 
+TWO_STUDENT := $(TWO_COMMON) --lora-rank 16 --ratios 2,4,8,16 --trace-steps 420 --trace-batch 8 \
+	--trace-ce 1.0 --distill-lr 1e-3 --warmup 10 --eval-every 1000 --eval-n 16 --save-every 10
+
 two-sums-student: two-sums-teacher  # 420 LoRA (rank 16) steps on solver traces: KL + cross-entropy
-	$(TRAIN) student --teacher runs/two-sums-teacher $(TWO_COMMON) --lora-rank 16 \
-		--ratios 2,4,8,16 --trace-steps 420 --trace-batch 8 --trace-ce 1.0 --distill-lr 1e-3 \
-		--warmup 10 --eval-every 1000 --eval-n 16 --save-every 10 --out runs/two-sums-student \
+	$(TRAIN) student --teacher runs/two-sums-teacher $(TWO_STUDENT) --out runs/two-sums-student \
 		$(TWO_STUDENT_EXTRA)
+
+# Continue a two-sums student made elsewhere (a lent GPU's OUT/two-sums-student) from its adapter
+# artifact TWO_FROM: its teacher and student are assembled over the base, and a new LoRA layer
+# trains on the student with the same flags. `adapter export --run $(TWO_NEXT)` then writes the
+# artifact's layers plus this one. A layer's name must be new to the lineage, so the run is named
+# by its place in it, TWO_LAYER (the artifact's layer count plus one), which also seeds it: it
+# draws other traces than the runs below it (loadtests/gpu/train_pack.py sets both on a GPU).
+TWO_FROM := runs/gpu-two-sums-artifact
+TWO_LAYER := 3
+TWO_NEXT := runs/two-sums-student-$(TWO_LAYER)
+two-sums-continue: base two-sums-data
+	$(BC) adapter assemble $(TWO_FROM) --base runs/smollm2-bc --upto two-sums-teacher \
+		--out runs/two-sums-from-teacher
+	$(BC) adapter assemble $(TWO_FROM) --base runs/smollm2-bc --out runs/two-sums-from-student
+	$(TRAIN) student --teacher runs/two-sums-from-teacher --init runs/two-sums-from-student \
+		$(TWO_STUDENT) --seed $(TWO_LAYER) --out $(TWO_NEXT) $(TWO_STUDENT_EXTRA)
 
 two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its peaks; 2, 4, 16; none
 	$(BC) eval --model $(TWO_S) $(TWO_HELD) --ratios 8 --baselines $(BASELINES) --kl \
@@ -118,12 +136,14 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 		--out $(TWO_OUT)-student-uncompressed.json
 
 # On a lent GPU (docs/training.md, "On a lent GPU"): the same teacher, and the student with 32
-# traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in
-# GPU_PARTS parts, one carried a call; three wheels; these commands), loadtests/gpu_train.sh runs
-# it there. Not run on a GPU yet: the step count is a guess the first run's log will correct.
-GPU_PARTS := 2
+# traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in parts
+# sized to what a call carries beside the working tree; three wheels; these commands) and prints
+# the calls that carry it; loadtests/gpu_train.sh runs it there. Not run on a GPU yet: the step
+# count is a guess the first run's log will correct.
 GPU_TEACHER := --threads 16
 GPU_STUDENT := --threads 16 --trace-batch 32 --trace-steps 700 --save-every 1000 --max-minutes 5
-gpu-train-pack:
-	$(PY) loadtests/gpu/train_pack.py build --parts $(GPU_PARTS) \
-		--teacher-extra "$(GPU_TEACHER)" --student-extra "$(GPU_STUDENT)"
+GPU_FROM :=
+gpu-train-pack:  # GPU_FROM=<an artifact a GPU run returned>: continue that student instead
+	$(PY) loadtests/gpu/train_pack.py build \
+		--teacher-extra "$(GPU_TEACHER)" --student-extra "$(GPU_STUDENT)" \
+		$(if $(GPU_FROM),--continue-from $(GPU_FROM))

@@ -1,9 +1,9 @@
 """Build ``.gpu/``, the pack a GPU machine without vLLM or network needs, and unpack it there.
 
 The GPU test machine has Python 3.12, a CUDA torch and Triton, but no vLLM and no network, and
-receives the working tree plus a few ignored paths (64 MiB in all). The CUDA wheel of vLLM is
-311 MiB, almost all compiled kernels this project's GPU run does not call (it runs TRITON_ATTN or
-FLEX_ATTENTION with native ops, ``loadtests/gpu/shim.py``). So the pack holds:
+receives the working tree plus a few ignored paths, 64 MiB a call (``travel.py``). The CUDA
+wheel of vLLM is 311 MiB, almost all compiled kernels this project's GPU run does not call (it
+runs TRITON_ATTN or FLEX_ATTENTION with native ops, ``loadtests/gpu/shim.py``). So the pack holds:
 
 * ``vllm-<version>-py.tar.xz``: the CUDA wheel's Python and data files without its compiled
   libraries, binaries and C++ headers, plus its ``vllm-<version>.dist-info`` (vLLM picks the CUDA
@@ -35,11 +35,11 @@ import zipfile
 from pathlib import Path
 
 import tomllib
+import travel
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / ".gpu"
 CACHE = Path(os.environ.get("BREADCRUMBS_GPU_PACK_CACHE", "~/.cache/breadcrumbs-gpu-pack"))
-BUDGET_MIB = 30
 #: The GPU machine: CPython 3.12 on x86-64 Linux with glibc >= 2.28 (its torch wheel's tag).
 #: pip matches a wheel's tags literally, so every older manylinux tag a wheel may carry is named.
 MANYLINUX = ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "manylinux_2_5", "manylinux1")
@@ -151,11 +151,9 @@ def build() -> None:
     for path in stale:
         progress(f"removing {path.relative_to(ROOT)} (not part of this pack)")
         path.unlink()
-    size = sum(p.stat().st_size for p in PACK.rglob("*") if p.is_file())
     progress(f"{PACK.relative_to(ROOT)}/ holds vLLM {version}'s Python and {len(wanted)} wheels: "
-             f"{size / 2**20:.1f} MiB (budget {BUDGET_MIB} MiB)")
-    if size > BUDGET_MIB * 2**20:
-        raise SystemExit(f"gpu-pack: {size / 2**20:.1f} MiB is over the {BUDGET_MIB} MiB budget")
+             f"{travel.size(PACK) / 2**20:.1f} MiB")
+    travel.report(PACK, "gpu-pack")
 
 
 #: The FA2 extension vLLM's ``vllm_flash_attn`` package imports: empty, see its docstring.
