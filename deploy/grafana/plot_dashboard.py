@@ -27,8 +27,15 @@ DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "breadcrumbs.json"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
 def legend(fmt: str, labels: dict[str, str]) -> str:
-    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt)
+    """The series' name as Grafana shows it. A series without the labels its name needs is the
+    ``or vector(0)`` that keeps a panel drawn before its first event: named "(none)"."""
+    if PLACEHOLDER.search(fmt) and not labels:
+        return fmt.split("{{")[0].strip() + " (none)"
+    return PLACEHOLDER.sub(lambda m: labels.get(m.group(1), ""), fmt)
 
 
 def query_range(prom: str, expr: str, start: float, end: float, step: float) -> list[dict]:
@@ -51,22 +58,31 @@ def plot(prom: str, minutes: float, out: Path, title: str) -> None:
     step = max(1.0, minutes * 60 / 300)
     cols = 2
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels, strict=False):
+    drawn = []  # (panel index, label, timestamps, values)
+    for k, panel in enumerate(panels):
         for target in panel["targets"]:
             for series in query_range(prom, target["expr"], start, end, step):
-                xs = [(float(t) - start) / 60 for t, _ in series["values"]]
+                ts = [float(t) for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
-                ax.plot(xs, ys, label=legend(target.get("legendFormat", ""), series["metric"]))
+                drawn.append((k, legend(target.get("legendFormat", ""), series["metric"]), ts, ys))
+    # Every panel spans the same time: from the first non-zero sample of any series (the
+    # ``or vector(0)`` fallbacks cover the whole window with zeros), to now.
+    first = min((t for _, _, ts, ys in drawn for t, y in zip(ts, ys) if y), default=start)
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
+    for k, label, ts, ys in drawn:
+        axes.flat[k].plot([(t - first) / 60 for t in ts], ys, label=label)
+    for ax, panel in zip(axes.flat, panels, strict=False):
         ax.set_title(panel["title"], fontsize=9)
-        ax.set_xlabel("minutes", fontsize=7)
+        ax.set_xlabel(f"minutes since {time.strftime('%H:%M:%S', time.localtime(first))}",
+                      fontsize=7)
+        ax.set_xlim(0, (end - first) / 60)
         ax.tick_params(labelsize=7)
         if ax.lines:
             ax.legend(fontsize=6, loc="upper left")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # the top 2% for the title, above the first row
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
 
