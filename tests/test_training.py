@@ -237,6 +237,61 @@ def test_student_step_masks_a_rising_sequence_along_its_path(tiny_checkpoint: Pa
     assert built[0].input_ids.shape != fixed.input_ids.shape  # fewer beacons after the rise
 
 
+def test_a_plain_share_of_sequences_is_distilled_without_beacons(tiny_checkpoint: Path,
+                                                                 tmp_path: Path) -> None:
+    """``plain_share`` turns about that share of the sequences that do not rise into ``None``
+    (the teacher's own layout), and leaves every other draw as a run without it makes them."""
+    def draws(out: str, **knobs) -> list[tuple[int | None, Rise | None]]:
+        cfg = TrainConfig(stage="student", teacher=str(tiny_checkpoint), ratios=[2, 4, 8],
+                          rl_steps=1, sequential=True, seed=5, **knobs)
+        run = Run(cfg, tmp_path / out)
+        pairs = []
+        for step in range(10):
+            run.step = step
+            pairs += zip(run.step_ratios(100), run.step_rises(100), strict=True)
+        return pairs
+
+    without, plain = draws("a"), draws("b", plain_share=0.3)
+    assert abs([r for r, _ in plain].count(None) / len(plain) - 0.3) < 0.05
+    assert all(p in (None, w) for (w, _), (p, _) in zip(without, plain))
+    rising = draws("c", plain_share=0.3, switch_share=0.5)
+    assert any(r is None for r, _ in rising)
+    assert all(r == rise.start for r, rise in rising if rise is not None)  # a rise keeps beacons
+
+
+def test_student_step_lays_a_plain_sequence_out_as_the_teacher_does(tiny_checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    cfg = TrainConfig(stage="student", teacher=str(tiny_checkpoint), ratios=[2], rl_steps=1,
+                      plain_share=0.5, sequential=True, warmup=0, seed=1)
+    run = Run(cfg, tmp_path / "student")
+    prompts = [[5, 6, 7], [8, 9], [10, 11], [12]]
+    generations = [list(range(20, 30 + k)) for k in range(4)]
+    drawn = run.step_ratios(4)
+    assert None in drawn and 2 in drawn
+    with torch.no_grad():
+        logits = run.predict(run.teacher, run.batch(prompts, generations, [None] * 4))
+    built = []
+    batch_of = run.batch
+    run.batch = lambda *args, **kwargs: built.append(batch_of(*args, **kwargs)) or built[-1]
+    assert torch.isfinite(torch.tensor(
+        run.student_step(Rollouts(prompts, generations, torch.ones(4), logits))["kl"]))
+    expected = build_beacon_batch(prompts, generations, drawn, run.bc.beacon_token_id,
+                                  pad_token_id(run.tokenizer))
+    assert torch.equal(built[0].input_ids, expected.input_ids)
+    assert torch.equal(built[0].attention_mask, expected.attention_mask)
+
+
+def test_student_ratios_and_plain_share_refuse_bad_input(teacher: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    for flags, message in ((["--ratios", "none,4"], "use --plain-share"),
+                           (["--plain-share", "1"], "--plain-share must be in [0, 1)")):
+        code = main(["train", "student", "--teacher", str(teacher), "--trace-steps", "1",
+                     "--out", str(tmp_path / "s"), *flags, *TINY])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "\n" not in err, err
+        assert not (tmp_path / "s").exists()
+
+
 def test_on_policy_student_trains_and_needs_sequential(teacher: Path, capsys) -> None:
     out = teacher.parent / "student-on-policy"
     args = ["train", "student", "--teacher", str(teacher), "--out", str(out), "--ratios", "2,4",

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="share of sequences whose ratio rises once (rule 8): from a ratio "
                               "of --ratios to a larger one, at a random window boundary, so the "
                               "student serves a ratio raised mid-generation")
+    student.add_argument("--plain-share", type=float, default=0.0,
+                         help="share of sequences (of those that do not rise) distilled with no "
+                              "beacons, so the student keeps reading uncompressed context")
     student.add_argument("--sequential", action="store_true",
                          help="distil from the frozen teacher (ablation) instead of jointly")
     student.add_argument("--on-policy", action="store_true",
@@ -298,9 +301,10 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
 
     if args.teacher is None:
         raise ValueError("the student needs --teacher PATH")
-    ratios = [r for r in parse_ratio_list(args.ratios) if r is not None]
-    if not ratios:
-        raise ValueError("--ratios needs at least one ratio >= 2")
+    ratios = parse_ratio_list(args.ratios)
+    if None in ratios:
+        raise ValueError("--ratios takes ratios >= 2; to distil some sequences uncompressed, "
+                         "use --plain-share")
     teacher = read_breadcrumbs_config(args.teacher)
     task = "data" if args.data else teacher.task or "countdown"
     if args.trace_steps < 0 or args.trace_batch < 1 or args.trace_ce < 0:
@@ -320,7 +324,7 @@ def student_config(args: argparse.Namespace, parse_ratio_list, common: dict):
         init = str(Path(args.init).resolve())
     return TrainConfig(task=task, task_options=teacher.task_options,
                        teacher=str(Path(args.teacher).resolve()), ratios=ratios,
-                       switch_share=args.switch_share,
+                       switch_share=args.switch_share, plain_share=args.plain_share,
                        sequential=args.sequential, on_policy=args.on_policy,
                        distill_lr=args.distill_lr, sft_steps=0,
                        trace_steps=args.trace_steps, sft_batch=args.trace_batch,

@@ -26,6 +26,10 @@ class TrainConfig:
     server raises mid-generation. Such a sequence starts at a ratio drawn from ``ratios`` less the
     largest, rises to one drawn from the larger ones, at a window boundary drawn uniformly from
     those its generated tokens reach (:class:`~breadcrumbs_vllm.training.trainer.Rise`).
+
+    ``plain_share``: the share of student sequences (of those that do not rise) distilled with
+    no beacons at all, as the teacher sees them. A student trained only at its ratios always
+    finds old tokens inside beacons, and can unlearn reading them where nothing is compressed.
     """
 
     stage: str  # "teacher" or "student"
@@ -57,6 +61,7 @@ class TrainConfig:
     sequential: bool = False  # distil from the frozen, finished teacher instead of jointly
     on_policy: bool = False  # rollouts sampled from the student (with beacons), not the teacher
     switch_share: float = 0.0  # share of student sequences whose ratio rises once (rule 8)
+    plain_share: float = 0.0  # share of student sequences distilled uncompressed
     distill_lr: float = 1e-3
     trace_steps: int = 0  # warm start: distil on solver traces (batch sft_batch) before rollouts
     trace_ce: float = 0.0  # warm start: weight of cross-entropy on the trace tokens next to the KL
@@ -79,6 +84,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.switch_share <= 1.0:
             raise ValueError(f"--switch-share must be in [0, 1], got {self.switch_share}")
+        if not 0.0 <= self.plain_share < 1.0:
+            raise ValueError(f"--plain-share must be in [0, 1), got {self.plain_share}")
         if self.switch_share and len(set(self.ratios)) < 2:
             raise ValueError("--switch-share needs two or more --ratios (a ratio to rise to)")
 

@@ -316,13 +316,17 @@ class Run:
         return metrics
 
     # --- helpers -----------------------------------------------------------------------------
-    def step_ratios(self, n: int) -> list[int]:
+    def step_ratios(self, n: int) -> list[int | None]:
         """The (start) ratio of each of this step's ``n`` student sequences: one draw per (run,
-        step), so on-policy sampling and the distillation step that follows agree."""
+        step), so on-policy sampling and the distillation step that follows agree. ``None``
+        (a ``plain_share`` of the sequences that do not rise): no beacons."""
         rng = random.Random(step_seed(self.cfg, self.step, 2, self.acc.process_index))
         fixed = [rng.choice(self.cfg.ratios) for _ in range(n)]
-        return [ratio if rise is None else rise.start
-                for ratio, rise in zip(fixed, self.step_rises(n), strict=True)]
+        # Drawn after the ratios, and only with a share, so runs without one keep their draws.
+        plain = [rng.random() < self.cfg.plain_share if self.cfg.plain_share else False
+                 for _ in range(n)]
+        return [rise.start if rise is not None else None if bare else ratio
+                for ratio, bare, rise in zip(fixed, plain, self.step_rises(n), strict=True)]
 
     def step_switches(self, generations: list[list[int]]) -> list[RatioPath]:
         """Where each sequence's ratio rises (``()``: it stays at its start ratio)."""
