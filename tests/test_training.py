@@ -211,6 +211,19 @@ def test_switch_paths_rise_once_at_a_boundary_in_about_the_share() -> None:
             TrainConfig(stage="student", ratios=ratios, switch_share=share)
 
 
+def student_step_batch(run: Run, prompts: list[list[int]], generations: list[list[int]]):
+    """One student step on the teacher's logits for these sequences (the KL must be finite);
+    the beacon batch the step built for the student."""
+    with torch.no_grad():
+        logits = run.predict(run.teacher, run.batch(prompts, generations, [None] * len(prompts)))
+    built = []
+    batch_of = run.batch
+    run.batch = lambda *args, **kwargs: built.append(batch_of(*args, **kwargs)) or built[-1]
+    rollouts = Rollouts(prompts, generations, torch.ones(len(prompts)), logits)
+    assert torch.isfinite(torch.tensor(run.student_step(rollouts)["kl"]))
+    return built[0]
+
+
 def test_student_step_masks_a_rising_sequence_along_its_path(tiny_checkpoint: Path,
                                                             tmp_path: Path) -> None:
     cfg = TrainConfig(stage="student", teacher=str(tiny_checkpoint), ratios=[2, 4], rl_steps=1,
@@ -218,13 +231,7 @@ def test_student_step_masks_a_rising_sequence_along_its_path(tiny_checkpoint: Pa
     run = Run(cfg, tmp_path / "student")
     prompts = [[5, 6, 7], [8, 9]]
     generations = [list(range(10, 30)), list(range(30, 41))]
-    with torch.no_grad():
-        logits = run.predict(run.teacher, run.batch(prompts, generations, [None, None]))
-    rollouts = Rollouts(prompts, generations, torch.ones(2), logits)
-    built = []
-    batch_of = run.batch
-    run.batch = lambda *args, **kwargs: built.append(batch_of(*args, **kwargs)) or built[-1]
-    assert torch.isfinite(torch.tensor(run.student_step(rollouts)["kl"]))
+    built = student_step_batch(run, prompts, generations)
     rises = step_rises(cfg, 0, 2)
     paths = [rise.switches(len(g)) for rise, g in zip(rises, generations)]
     assert all(rise.start == 2 and len(path) == 1 for rise, path in zip(rises, paths))
@@ -232,9 +239,9 @@ def test_student_step_masks_a_rising_sequence_along_its_path(tiny_checkpoint: Pa
                                   pad_token_id(run.tokenizer), switches=paths)
     fixed = build_beacon_batch(prompts, generations, [2, 2], run.bc.beacon_token_id,
                                pad_token_id(run.tokenizer))
-    assert torch.equal(built[0].attention_mask, expected.attention_mask)
-    assert torch.equal(built[0].input_ids, expected.input_ids)
-    assert built[0].input_ids.shape != fixed.input_ids.shape  # fewer beacons after the rise
+    assert torch.equal(built.attention_mask, expected.attention_mask)
+    assert torch.equal(built.input_ids, expected.input_ids)
+    assert built.input_ids.shape != fixed.input_ids.shape  # fewer beacons after the rise
 
 
 def test_a_plain_share_of_sequences_is_distilled_without_beacons(tiny_checkpoint: Path,
@@ -268,17 +275,11 @@ def test_student_step_lays_a_plain_sequence_out_as_the_teacher_does(tiny_checkpo
     generations = [list(range(20, 30 + k)) for k in range(4)]
     drawn = run.step_ratios(4)
     assert None in drawn and 2 in drawn
-    with torch.no_grad():
-        logits = run.predict(run.teacher, run.batch(prompts, generations, [None] * 4))
-    built = []
-    batch_of = run.batch
-    run.batch = lambda *args, **kwargs: built.append(batch_of(*args, **kwargs)) or built[-1]
-    assert torch.isfinite(torch.tensor(
-        run.student_step(Rollouts(prompts, generations, torch.ones(4), logits))["kl"]))
+    built = student_step_batch(run, prompts, generations)
     expected = build_beacon_batch(prompts, generations, drawn, run.bc.beacon_token_id,
                                   pad_token_id(run.tokenizer))
-    assert torch.equal(built[0].input_ids, expected.input_ids)
-    assert torch.equal(built[0].attention_mask, expected.attention_mask)
+    assert torch.equal(built.input_ids, expected.input_ids)
+    assert torch.equal(built.attention_mask, expected.attention_mask)
 
 
 def test_student_ratios_and_plain_share_refuse_bad_input(teacher: Path, tmp_path: Path,
