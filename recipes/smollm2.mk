@@ -139,9 +139,12 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 # traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in parts
 # sized to what a call carries beside the working tree; three wheels; these commands) and prints
 # the calls that carry it; loadtests/gpu_train.sh runs it there. Not run on a GPU yet: the step
-# count is a guess the first run's log will correct.
+# count is a guess the first run's log will correct. A quarter of the student's sequences go
+# without beacons (`--plain-share`): without them the CPU student unlearnt the uncompressed task
+# (0%); with them a continuation got it back to 68.8% (docs/results-log.md, part 6).
 GPU_TEACHER := --threads 16
-GPU_STUDENT := --threads 16 --trace-batch 32 --trace-steps 700 --save-every 1000 --max-minutes 5
+GPU_STUDENT := --threads 16 --trace-batch 32 --trace-steps 700 --save-every 1000 --max-minutes 5 \
+	--plain-share 0.25
 GPU_FROM :=
 gpu-train-pack:  # GPU_FROM=<an artifact a GPU run returned>: continue that student instead
 	$(PY) loadtests/gpu/train_pack.py build \

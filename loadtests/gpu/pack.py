@@ -157,7 +157,7 @@ def build() -> None:
 
 
 #: The FA2 extension vLLM's ``vllm_flash_attn`` package imports: empty, see its docstring.
-FA2_STUB = '''"""Empty stand-in for FlashAttention 2's CUDA extension (written by loadtests/gpu/pack.py).
+FA2_STUB = '''"""Empty stand-in for FlashAttention 2's CUDA extension (from loadtests/gpu/pack.py).
 
 On CUDA, ``vllm.v1.attention.backends.fa_utils`` imports ``vllm.vllm_flash_attn`` at import time,
 which raises ImportError when neither FA2's nor FA3's extension imports; the model layers import

@@ -1,4 +1,4 @@
-"""Build ``.gpu-train/``, what a GPU machine needs to train the SmolLM2 two-sums pair, and unpack it.
+"""Build ``.gpu-train/``, what a GPU machine needs to train the SmolLM2 two-sums pair; unpack it.
 
 The GPU machine (Python 3.12, a CUDA torch, transformers, peft, accelerate; no network) receives
 the working tree plus a few ignored paths, 64 MiB a call (``travel.py``). Training there needs
