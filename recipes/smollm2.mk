@@ -141,7 +141,7 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 # the calls that carry it; loadtests/gpu_train.sh runs it there. Not run on a GPU yet: the step
 # count is a guess the first run's log will correct. A quarter of the student's sequences go
 # without beacons (`--plain-share`): without them the CPU student unlearnt the uncompressed task
-# (0%); with them a continuation got it back to 68.8% (docs/results-log.md, part 6).
+# (0%); with them two continuations got it back to 84.4% (docs/results-log.md, part 6).
 GPU_TEACHER := --threads 16
 GPU_STUDENT := --threads 16 --trace-batch 32 --trace-steps 700 --save-every 1000 --max-minutes 5 \
 	--plain-share 0.25
