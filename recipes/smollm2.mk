@@ -86,7 +86,7 @@ TWO_S := runs/two-sums-student
 TWO_OUT := docs/results/smollm2-two-sums
 
 .PHONY: two-sums-data two-sums-teacher two-sums-probe two-sums-student two-sums-continue \
-	two-sums-eval gpu-train-pack
+	two-sums-eval two-sums-gap gpu-train-pack
 
 two-sums-data:  # 20,000 training rows, list B of 22-26 numbers; 500 held out
 	$(PY) recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out $(TWO)/train.jsonl
@@ -134,6 +134,14 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 		--baseline-model $(TWO_T) --out $(TWO_OUT)-c2-c4-c16.json
 	$(BC) eval --model $(TWO_S) $(TWO_HELD) --ratios none --baselines '' \
 		--out $(TWO_OUT)-student-uncompressed.json
+
+# The four-layer CPU student's held-out scores against its steps in all, and the targets
+# (docs/results/smollm2-two-sums-gap.png): the eval JSONs of each layer, committed.
+R2 := docs/results/smollm2-two-sums
+two-sums-gap:
+	$(PY) recipes/plot_gap.py $(R2)-gap.png --teacher $(R2)-teacher.json \
+		330=$(R2)-student-uncompressed.json,$(R2)-c2-c4-c16.json,$(R2)-vs-baselines.json \
+		480=$(R2)-ce3.json 600=$(R2)-plain.json 787=$(R2)-plain2.json
 
 # On a lent GPU (docs/training.md, "On a lent GPU"): the same teacher, and the student with 32
 # traces a step for at most 5 minutes. `gpu-train-pack` writes .gpu-train/ (the base in parts
