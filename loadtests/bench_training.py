@@ -79,12 +79,14 @@ def main(argv: list[str] | None = None) -> None:
         for packed in (False, True):
             batch = build_beacon_batch(prompts, traces, seq_ratios, bc.beacon_token_id,
                                        tokenizer.pad_token_id, packed=packed)
-            padding[packed].append((batch.input_ids == tokenizer.pad_token_id).float().mean().item())
+            padding[packed].append(
+                (batch.input_ids == tokenizer.pad_token_id).float().mean().item())
         if r == 0:  # warm-up, untimed: the first pass pays for allocations and kernel selection
             for _, packed, dtype in SETTINGS:
                 step(prompts, traces, seq_ratios, packed, dtype)
         order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
-        times = {name: step(prompts, traces, seq_ratios, packed, dtype) for name, packed, dtype in order}
+        times = {name: step(prompts, traces, seq_ratios, packed, dtype)
+                 for name, packed, dtype in order}
         for name, values in speedups.items():
             values.append(times["padded float32"] / times[name])
 
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
           f"packed {statistics.mean(padding[True]):.0%}")
     print(f"{'setting':<16} {'speed-up vs padded float32 (median, range)':>44}")
     for name, values in speedups.items():
-        print(f"{name:<16} {statistics.median(values):>30.2f}x ({min(values):.2f}-{max(values):.2f})")
+        print(f"{name:<16} {statistics.median(values):>30.2f}x "
+              f"({min(values):.2f}-{max(values):.2f})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Acceptance check of the plugin on whatever vLLM this machine runs: GPU backends and modes, or CPU.
+"""Acceptance check of the plugin on the vLLM this machine runs: GPU backends and modes, or CPU.
 
 For every attention backend and execution mode this platform offers (GPU: FLASH_ATTN,
 FLASHINFER, TRITON_ATTN, FLEX_ATTENTION, each eager and under the CUDA-graph modes PIECEWISE,

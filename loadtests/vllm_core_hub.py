@@ -30,7 +30,8 @@ from pathlib import Path
 #: torch 2.13's torchvision.
 TORCHVISION = "torchvision==0.28.0"
 NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-SITECUSTOMIZE = f'''"""Written by loadtests/vllm_core_hub.py: lets PyPI's CUDA torchvision import beside torch+cpu.
+SITECUSTOMIZE = ('''"""Written by loadtests/vllm_core_hub.py: lets PyPI's CUDA torchvision '''
+                 f'''import beside torch+cpu.
 
 Its ``_C`` ops cannot load here; ``torchvision._meta_registrations`` still registers fake
 kernels for ``torchvision::nms`` and ``::qnms``, which need the ops' schema. Nothing calls them.
@@ -39,7 +40,7 @@ import torch
 
 for op in ("nms", "qnms"):
     torch.library.define(f"torchvision::{{op}}", "{NMS_SCHEMA}")
-'''
+''')
 
 
 def torchvision_site(cache: Path) -> Path | None:

@@ -8,7 +8,8 @@ is not. A short LoRA fine-tune of SmolLM2-135M-Instruct on these answers makes i
 (``recipes/smollm2.mk``).
 
     python recipes/sums.py --n 20000 --seed 0 --out runs/smollm2/train.jsonl
-    python recipes/sums.py --n 500 --seed 1 --exclude runs/smollm2/train.jsonl --out runs/smollm2/held-out.jsonl
+    python recipes/sums.py --n 500 --seed 1 --exclude runs/smollm2/train.jsonl \\
+        --out runs/smollm2/held-out.jsonl
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ the prompt nor the recent lines. With list B long enough, no sliding window at a
 student's KV keeps it (``docs/results-log.md``, "SmolLM2: a task no window solves"):
 
     python recipes/two_sums.py --n 20000 --seed 0 --b-lengths 22,26 --out runs/two-sums/train.jsonl
-    python recipes/two_sums.py --n 500 --seed 1 --b-lengths 22,26 --exclude runs/two-sums/train.jsonl \\
-        --out runs/two-sums/held-out.jsonl
+    python recipes/two_sums.py --n 500 --seed 1 --b-lengths 22,26 \\
+        --exclude runs/two-sums/train.jsonl --out runs/two-sums/held-out.jsonl
 
 Lines are compact (``8+5=13``: SmolLM2 writes each digit as a token, a space as another).
 ``--lists-first`` puts the lists before the instruction.

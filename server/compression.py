@@ -119,7 +119,8 @@ def reported_savings(report: KVLedger, block_size: int) -> ChoiceSavings:
         beacons=report.beacons,
         peak_entries=report.peak_kv_entries,
         entries_saved=uncompressed - report.kv_entries,
-        blocks_saved=math.ceil(uncompressed / block_size) - math.ceil(report.kv_entries / block_size),
+        blocks_saved=(math.ceil(uncompressed / block_size)
+                      - math.ceil(report.kv_entries / block_size)),
     )
 
 

@@ -39,7 +39,8 @@ class RateLimiter:
             window.popleft()
         if len(window) >= self.per_minute:
             retry = max(1, int(60.0 - (now - window[0])) + 1)
-            raise APIError(429, f"rate limit of {self.per_minute} requests per minute exceeded", headers={"Retry-After": str(retry)})
+            raise APIError(429, f"rate limit of {self.per_minute} requests per minute exceeded",
+                           headers={"Retry-After": str(retry)})
         window.append(now)
         for stale in [k for k, v in self.calls.items() if v and now - v[-1] >= 60.0]:
             del self.calls[stale]
@@ -75,7 +76,8 @@ class KeyGuard:
         scheme, _, given = header.partition(b" ")
         if scheme.lower() != b"bearer" or not any(hmac.compare_digest(given, k)
                                                   for k in self.keys):
-            raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')", headers={"WWW-Authenticate": "Bearer"})
+            raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                           headers={"WWW-Authenticate": "Bearer"})
         return f"key:{given.decode(errors='replace')}"
 
 

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BREADCRUMBS_", extra="ignore")
 
     model: Path = Field(description="checkpoint folder with a `breadcrumbs` block in config.json")
-    served_model_name: str | None = Field(None, description="model id clients send; default: folder name")
+    served_model_name: str | None = Field(
+        None, description="model id clients send; default: folder name")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -32,11 +33,13 @@ class Settings(BaseSettings):
         "free on the engine's NUMA node (at most 4 GiB), on GPUs vLLM's default")
     vllm_args: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra `vllm serve` flags for the embedded engine")
-    block_size: int = Field(32, description="KV block size in tokens (CPU attention: multiple of 32)")
+    block_size: int = Field(
+        32, description="KV block size in tokens (CPU attention: multiple of 32)")
     max_model_len: int = 4096
     compile: bool | None = Field(
         None, description="torch.compile the model (embedded); None = only on GPUs. On a 2-core "
-        "CPU compiling adds ~60-70 s to a cold start and decodes ~1.1-1.8x faster (bench_startup.py)")
+        "CPU compiling adds ~60-70 s to a cold start and decodes ~1.1-1.8x faster "
+        "(bench_startup.py)")
     health_interval_s: float = Field(5.0, gt=0, description="remote upstream health poll")
     upstream_timeout_s: float = Field(600.0, gt=0)
 

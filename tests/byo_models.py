@@ -123,5 +123,6 @@ def converted(kind: str, root: Path, ratios: list[int] | None = None) -> tuple[P
     original = make(kind, root / kind)
     out = root / f"{kind}-beacon"
     ratio_text = ",".join(map(str, ratios or [2, 4, 8, 16]))
-    assert main(["convert", "--model", str(original), "--ratios", ratio_text, "--out", str(out)]) == 0
+    assert main(["convert", "--model", str(original), "--ratios", ratio_text,
+                 "--out", str(out)]) == 0
     return original, out

@@ -8,5 +8,5 @@ from pathlib import Path
 
 
 def breadcrumbs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, check=False)
+    return subprocess.run([sys.executable, "-m", "breadcrumbs_vllm.cli", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300, check=False)

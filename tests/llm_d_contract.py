@@ -43,7 +43,8 @@ def assert_llm_d_metrics_contract(page: str, engines: int) -> None:
         family = families[name]
         assert family.type == "gauge", f"{name} is a {family.type}, llm-d reads it as a gauge"
         series = [s for s in family.samples if s.name == name]
-        assert all("engine" in s.labels for s in series), f"{name} has a series with no engine label"
+        assert all("engine" in s.labels for s in series), (
+            f"{name} has a series with no engine label")
         per_engine = Counter(s.labels["engine"] for s in series)
         repeated = {e: n for e, n in per_engine.items() if n > 1}
         assert not repeated, f"{name}: several series for engine(s) {repeated}; llm-d reads one"

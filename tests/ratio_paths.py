@@ -1,4 +1,4 @@
-"""Hypothesis strategies for ratio paths (spec rule 8), shared by the spec, engine and mask tests."""
+"""Hypothesis strategies for ratio paths (spec rule 8), shared by the spec, engine, mask tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The training recipes are the ones the committed checkpoints recorded, and the records name no machine.
+"""The training recipes are the ones the committed checkpoints recorded, and the records name no
+machine.
 
 Each target in ``recipes/*.mk`` says in its comment which committed record it reproduces: a served
 checkpoint in ``models/`` (``student:  # models/countdown-student: ...``) or a training stage's

@@ -72,16 +72,19 @@ def test_students_loss_falls_and_checkpoint_round_trips(student) -> None:
     assert all(0.0 <= row["reward"] <= 1.0 for row in log)
     assert log[-1]["kl"] < log[0]["kl"], [row["kl"] for row in log]
     config = TrainConfig.from_json((out / "training_config.json").read_text())
-    assert config.rollout_engine == "vllm" and config.sequential and config.data["verifier"] == "exact"
+    assert (config.rollout_engine == "vllm" and config.sequential
+            and config.data["verifier"] == "exact")
     bc = read_breadcrumbs_config(out)
-    assert bc.ratios == [2, 4, 8] and bc.beacon_token_id == read_breadcrumbs_config(teacher).beacon_token_id
+    assert (bc.ratios == [2, 4, 8]
+            and bc.beacon_token_id == read_breadcrumbs_config(teacher).beacon_token_id)
     model, tokenizer, _ = load_checkpoint(out)
     original, _, _ = load_checkpoint(teacher)
     assert type(model) is type(original)
     assert tokenizer.get_vocab() == load_checkpoint(teacher)[1].get_vocab()
     assert not torch.equal(model.get_input_embeddings().weight,
                            original.get_input_embeddings().weight)
-    assert (out / "chat_template.jinja").read_text() == (teacher / "chat_template.jinja").read_text()
+    assert (out / "chat_template.jinja").read_text() == (
+        teacher / "chat_template.jinja").read_text()
     assert main(["train", "student", "--out", str(out), "--resume"]) == 0  # finished: no step
     assert len(log_of(out)) == 3
 
@@ -98,7 +101,8 @@ def test_generate_engine_vllm_equals_the_reference(student, ratio, capsys) -> No
     prompt_ids = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
         return_dict=False)
-    ref = engine.generate([GenerationRequest(prompt_ids, ratio=None if ratio == "none" else int(ratio),
+    ref = engine.generate([GenerationRequest(prompt_ids,
+                                             ratio=None if ratio == "none" else int(ratio),
                                              max_tokens=48)])[0]
     first = next((i for i, (a, b) in enumerate(zip(got["token_ids"], ref.token_ids)) if a != b),
                  None)

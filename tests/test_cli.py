@@ -186,13 +186,15 @@ def test_baselines_compress_the_baseline_model(tiny_checkpoint, tmp_path):
     Evaluator(student, task, 8, progress=False, baseline_engine=teacher).run(
         task.problems(2, 0), [4], ["streaming"])
     assert seen["student"] == [(4, None)] * 2
-    assert len(seen["teacher"]) == 2 and all(r is None and p is not None for r, p in seen["teacher"])
+    assert len(seen["teacher"]) == 2 and all(r is None and p is not None
+                                             for r, p in seen["teacher"])
     # breadcrumbs eval's default: a student's baselines run on the teacher its config names.
     (tmp_path / "teacher").mkdir()
     (tmp_path / "student").mkdir()
     with pytest.raises(ValueError, match="holds no weights"):  # a stage's record, not a model
         default_baseline_model(tmp_path / "student", "../teacher")
     (tmp_path / "teacher" / "model.safetensors").touch()
-    assert default_baseline_model(tmp_path / "student", "../teacher") == str(tmp_path / "student" / "../teacher")
+    assert default_baseline_model(tmp_path / "student", "../teacher") == str(
+        tmp_path / "student" / "../teacher")
     assert default_baseline_model(tmp_path / "student", "../missing") == str(tmp_path / "student")
     assert default_baseline_model(tmp_path / "student", None) == str(tmp_path / "student")

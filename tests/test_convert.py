@@ -48,7 +48,8 @@ def test_convert_round_trips(pair) -> None:
     assert bc.beacon_token_id in ids
     assert BEACON not in tokenizer.decode(ids, skip_special_tokens=True)
     assert tokenizer.chat_template == old_tok.chat_template
-    assert (out / "chat_template.jinja").read_text() == (original / "chat_template.jinja").read_text()
+    assert (out / "chat_template.jinja").read_text() == (
+        original / "chat_template.jinja").read_text()
     assert stop_token_ids(tokenizer, model.generation_config) == stop_token_ids(
         old_tok, before.generation_config)
     # Original rows are untouched; the beacon's row is the mean of the real tokens' rows.
@@ -111,5 +112,6 @@ def test_without_vllm_the_registry_check_is_skipped_with_a_warning(monkeypatch) 
 
 
 def test_convert_bad_input_is_one_line(tmp_path, capsys) -> None:
-    assert main(["convert", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["convert", "--model", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "o")]) == 2
     assert "cannot load a model config" in capsys.readouterr().err

@@ -37,7 +37,8 @@ def test_report_compares_each_ratio_with_the_teacher_at_equal_budget():
             _row("teacher", 300, 0.8), _row("c=8", 300, 0.6), _row("h2o", 300, 0.3)]
     assert auac_by_method(rows) == pytest.approx({"teacher": 0.45, "c=8": 0.475, "h2o": 0.25})
     assert against_teacher(rows) == [
-        "c=8 against its teacher at equal B: beats it at B=100; ties it at B=200; trails it at B=300"]
+        ("c=8 against its teacher at equal B: beats it at B=100; ties it at B=200; "
+         "trails it at B=300")]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def engine(tiny_model):
 
 
 def _prompt(n: int) -> list[int]:
-    return [int(t) for t in torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(n))]
+    return [int(t) for t in torch.randint(10, 100, (n,),
+                                          generator=torch.Generator().manual_seed(n))]
 
 
 @pytest.mark.parametrize("ratio", [None, 2, 4])
@@ -119,7 +121,8 @@ def test_eval_budgets_writes_table_json_and_plot(tiny_checkpoint, tmp_path: Path
         part = dict(doc, rows=[r for r in doc["rows"] if r["kv_budget"] == budget])
         (tmp_path / f"part-{budget}.json").write_text(json.dumps(part))
     joined = tmp_path / "joined.json"
-    proc = breadcrumbs("eval", "--combine", f"{tmp_path / 'part-110.json'},{tmp_path / 'part-100.json'}",
+    proc = breadcrumbs("eval", "--combine",
+                       f"{tmp_path / 'part-110.json'},{tmp_path / 'part-100.json'}",
                        "--out", str(joined))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(joined.read_text()) == doc

@@ -322,7 +322,8 @@ def test_metrics_contract_accepts_a_good_page() -> None:
     ({"duplicate": "vllm:kv_cache_usage_perc"}, "several series"),
     ({"as_counter": PROJECTED}, "is a counter"),
     ({"as_counter": "vllm:num_requests_running"}, "is a counter"),
-], ids=lambda b: "-".join(f"{k}={v}" for k, v in b.items()) if isinstance(b, dict) else b.replace(" ", "_"))
+], ids=lambda b: ("-".join(f"{k}={v}" for k, v in b.items()) if isinstance(b, dict)
+                  else b.replace(" ", "_")))
 def test_metrics_contract_rejects_a_broken_page(broken: dict[str, str], reason: str) -> None:
     """Each breakage fails, and for its own reason (not a side effect of how the page is built)."""
     with pytest.raises(AssertionError, match=reason):

@@ -100,7 +100,8 @@ def test_masked_forward_detects_a_wrong_mask(tiny_model):
                            return_logits=True)])[0]
     batch = build_beacon_batch([[20, 21, 22]], [res.token_ids], [2], bc.beacon_token_id, 0)
     causal = torch.zeros_like(batch.attention_mask)
-    causal.masked_fill_(torch.ones_like(causal, dtype=torch.bool).triu(1), torch.finfo(causal.dtype).min)
+    causal.masked_fill_(torch.ones_like(causal, dtype=torch.bool).triu(1),
+                        torch.finfo(causal.dtype).min)
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                        attention_mask=causal).logits
@@ -130,7 +131,8 @@ def test_pack_is_first_fit_decreasing():
 def test_packed_sequences_do_not_see_each_other():
     """Three sequences in two rows give each the logits it gets alone in a batch of one."""
     model, _, _ = MODELS[0]
-    prompts, generations, ratios = [[20, 21], [30], [40, 41, 42]], [list(range(50, 70)), [60, 61, 62], [70] * 5], [2, None, 4]
+    prompts, generations, ratios = ([[20, 21], [30], [40, 41, 42]],
+                                    [list(range(50, 70)), [60, 61, 62], [70] * 5], [2, None, 4])
     batch = build_beacon_batch(prompts, generations, ratios, beacon_id=9, pad_id=0)
     assert batch.input_ids.shape[0] == 2  # the two short ones share a row
     with torch.no_grad():

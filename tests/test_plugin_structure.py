@@ -88,7 +88,8 @@ class StepProbe:
             if pending and not self.scheduler.compressed:
                 for req_id, (prompt, ratio) in pending.pop(0).items():
                     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
-                                            ignore_eos=True, extra_args={"compression_ratio": ratio})
+                                            ignore_eos=True,
+                                            extra_args={"compression_ratio": ratio})
                     engine.add_request(req_id, TokensPrompt(prompt_token_ids=prompt), params)
             for result in engine.step():
                 if result.finished:

@@ -50,7 +50,8 @@ def test_streaming_sinks_keeps_four_sinks_and_may_evict_the_prompt():
     evicted = StreamingLLMSinks(budget=6).select(kv_len=9, prompt_len=5, attention=None)
     assert evicted.tolist() == [4, 5, 6]
     # The whole-prompt variant never touches the prompt: 5, 6 go instead (budget 7).
-    assert make_policy("streaming", 7).select(kv_len=9, prompt_len=5, attention=None).tolist() == [5, 6]
+    assert make_policy("streaming", 7).select(kv_len=9, prompt_len=5,
+                                              attention=None).tolist() == [5, 6]
 
 
 def test_h2o_evicts_the_least_accumulated_outside_its_recent_window():
@@ -159,7 +160,8 @@ def engine(tiny_model):
 def test_each_policy_holds_its_budget_in_the_engine(engine, name):
     """Real attention and keys from the tiny model: the budget holds for 40 steps (peak is the
     budget plus the newest entry), and a policy that protects the prompt never goes below it."""
-    prompt = [int(t) for t in torch.randint(10, 100, (8,), generator=torch.Generator().manual_seed(0))]
+    prompt = [int(t) for t in torch.randint(10, 100, (8,),
+                                            generator=torch.Generator().manual_seed(0))]
     res = engine.generate([GenerationRequest(prompt, max_tokens=40, ignore_eos=True,
                                              policy=make_policy(name, 12))])[0]
     assert len(res.token_ids) == 40

@@ -68,7 +68,8 @@ def gateway(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"prom-{request.param}")
     model, tokenizer, bc = init_model(2, 64)
     path = save_checkpoint(model, tokenizer, bc, tmp / "tiny")
-    env = {**os.environ, "BREADCRUMBS_MAX_MODEL_LEN": "256", "BREADCRUMBS_RATE_LIMIT_PER_MINUTE": "0",
+    env = {**os.environ, "BREADCRUMBS_MAX_MODEL_LEN": "256",
+           "BREADCRUMBS_RATE_LIMIT_PER_MINUTE": "0",
            "BREADCRUMBS_VLLM_ARGS": f"--num-gpu-blocks-override {POOL_BLOCKS}"}
     serve = [sys.executable, "-m", "breadcrumbs_vllm.cli", "serve", "--model", str(path),
              "--port", str(free_port())]
@@ -140,7 +141,8 @@ def value(prom: str, expr: str) -> float:
 def soak(gateway, prometheus):
     """The soak's short form is the mixed load; its JSON lines (rounds, then the summary)."""
     done = subprocess.run([sys.executable, str(ROOT / "loadtests/gateway_soak.py"), "--url",
-                           gateway.base, "--engine-url", gateway.engine, *SOAK], check=False, capture_output=True, text=True,
+                           gateway.base, "--engine-url", gateway.engine, *SOAK],
+                          check=False, capture_output=True, text=True,
                           timeout=400, cwd=ROOT / "loadtests")
     assert done.stdout, done.stderr[-3000:]
     time.sleep(3)  # two scrapes after the drain probe

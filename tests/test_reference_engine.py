@@ -1,4 +1,4 @@
-"""The reference engine obeys the spec's rules 1-5 exactly (it is the oracle for everything else)."""
+"""The reference engine obeys the spec's rules 1-5 exactly: it is the oracle for all the rest."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def engine(tiny_model):
 
 
 def _prompt(n: int, seed: int = 0) -> list[int]:
-    return [int(t) for t in torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(seed))]
+    return [int(t) for t in torch.randint(10, 100, (n,),
+                                          generator=torch.Generator().manual_seed(seed))]
 
 
 #: Fixed ratios, then paths that rise (rule 8): at the first boundary, twice, late (t=9 of 37),
@@ -82,7 +83,8 @@ def test_a_switch_changes_nothing_before_it_takes_effect(engine, ratio, switches
 
 
 def test_batch_mixing_ratios_equals_one_by_one(engine):
-    requests = [GenerationRequest(_prompt(p, p), ratio=r, switches=s, max_tokens=50, ignore_eos=True)
+    requests = [GenerationRequest(_prompt(p, p), ratio=r, switches=s, max_tokens=50,
+                                  ignore_eos=True)
                 for p, r, s in [(3, None, ()), (7, 2, ()), (4, 4, ()), (11, 16, ()),
                                 (6, 2, ((4, 3), (10, 8)))]]
     together = engine.generate(requests)
@@ -109,7 +111,8 @@ def test_beacon_never_returned(engine):
 
 def test_stop_token_ends_generation_without_beacon(engine):
     """Rule 4: stop conditions work as without compression; the stop token is the last output."""
-    base = engine.generate([GenerationRequest(_prompt(4), ratio=4, max_tokens=30, ignore_eos=True)])[0]
+    base = engine.generate([GenerationRequest(_prompt(4), ratio=4, max_tokens=30,
+                                              ignore_eos=True)])[0]
     stop_at = base.token_ids[9]
     first = base.token_ids.index(stop_at)
     res = engine.generate([GenerationRequest(_prompt(4), ratio=4, max_tokens=30,
@@ -120,7 +123,8 @@ def test_stop_token_ends_generation_without_beacon(engine):
 
 
 def test_max_tokens_counts_generated_tokens_only(engine):
-    res = engine.generate([GenerationRequest(_prompt(4), ratio=2, max_tokens=7, ignore_eos=True)])[0]
+    res = engine.generate([GenerationRequest(_prompt(4), ratio=2, max_tokens=7,
+                                             ignore_eos=True)])[0]
     assert len(res.token_ids) == 7 and res.finish_reason == "length" and res.num_beacons == 2
 
 

@@ -153,7 +153,8 @@ def test_chat_streaming_with_usage_chunk(client):
 
 
 def test_completions_n_seed_stop_and_token_prompt(client):
-    kwargs = {"model": "tiny", "max_tokens": 30, "n": 2, "seed": 7, "temperature": 1.0, "top_p": 0.9}
+    kwargs = {"model": "tiny", "max_tokens": 30, "n": 2, "seed": 7, "temperature": 1.0,
+              "top_p": 0.9}
     first = client.completions.create(prompt="12+3=", **kwargs)
     again = client.completions.create(prompt="12+3=", **kwargs)
     assert [c.text for c in first.choices] == [c.text for c in again.choices]  # seeded

@@ -23,7 +23,8 @@ from server import Settings, create_app
 pytestmark = pytest.mark.vllm
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "countdown-student"
-QUESTION = [{"role": "user", "content": "Use 10 5 12 6 to make 21 with + - * /, each at most once."}]
+QUESTION = [{"role": "user",
+             "content": "Use 10 5 12 6 to make 21 with + - * /, each at most once."}]
 
 
 @pytest.fixture(scope="module")

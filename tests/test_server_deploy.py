@@ -63,10 +63,12 @@ def test_compose_prometheus_and_grafana_are_wired():
                for port in svc.get("ports", []))
     prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8000"]
-    source = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    source = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert source["datasources"][0]["uid"] == "prometheus"
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
-    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/dashboards.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert any(m.endswith(":" + provider["providers"][0]["options"]["path"] + ":ro")
                for m in mounts)

@@ -155,7 +155,8 @@ def test_student_joint_distils_and_round_trips(teacher: Path) -> None:
 
 def test_student_kl_falls_on_a_fixed_rollout_batch(teacher: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(stage="student", teacher=str(teacher), ratios=[2, 4], rl_steps=1,
-                      rl_problems=2, group=2, max_tokens=24, distill_lr=1e-3, sequential=True, warmup=0)
+                      rl_problems=2, group=2, max_tokens=24, distill_lr=1e-3, sequential=True,
+                      warmup=0)
     run = Run(cfg, tmp_path / "student")
     with torch.no_grad():  # a beacon that disrupts the cache, so there is something to learn
         torch.manual_seed(0)
@@ -372,7 +373,8 @@ def test_student_bf16_autocast_trains_in_float32_weights(teacher: Path) -> None:
     out = teacher.parent / "student-bf16"
     # Its own process: accelerate fixes the precision once per process, as `accelerate launch` does.
     proc = subprocess.run(
-        [sys.executable, "-m", "breadcrumbs_vllm.cli", "train", "student", "--teacher", str(teacher),
+        [sys.executable, "-m", "breadcrumbs_vllm.cli", "train", "student",
+         "--teacher", str(teacher),
          "--out", str(out), "--ratios", "2,4", "--trace-steps", "12", "--trace-batch", "4",
          "--rl-steps", "1", "--warmup", "2", "--distill-lr", "1e-2", "--sequential",
          "--eval-every", "100", "--mixed-precision", "bf16", *TINY],
@@ -434,11 +436,13 @@ def test_bench_training_prints_one_row_per_setting() -> None:
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_training.py"),
                            "--model", str(root / "models" / "countdown-teacher"), "--batch", "4",
-                           "--rounds", "2", "--threads", "1"], capture_output=True, text=True, timeout=300, check=False)
+                           "--rounds", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split()[:2] for line in done.stdout.splitlines()
             if line.startswith(("padded ", "packed "))]
-    assert rows == [["padded", "float32"], ["packed", "float32"], ["padded", "bf16"], ["packed", "bf16"]]
+    assert rows == [["padded", "float32"], ["packed", "float32"],
+                    ["padded", "bf16"], ["packed", "bf16"]]
     assert "padding share of the batch" in done.stdout
 
 

@@ -9,7 +9,8 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="make a Hugging Face causal LM (Llama, Qwen2, Qwen3) "
                                        "beacon-capable: <beacon> token, embedding row, config")
-    p.add_argument("--model", required=True, help="model folder, hub id, or GGUF file (or a folder holding one: "
+    p.add_argument("--model", required=True,
+                   help="model folder, hub id, or GGUF file (or a folder holding one: "
                         "dequantized to float32 first)")
     p.add_argument("--ratios", default="2,4,8,16",
                    help="compression ratios the student will be trained for")

@@ -220,7 +220,8 @@ def parse_switch(text: str, max_tokens: int, bc: BreadcrumbsConfig) -> Switch:
         start, higher = (int(r) for r in ratios.split(":"))
         target = max_tokens // 2 if when == "mid" else int(when)
     except ValueError:
-        raise ValueError(f"--switch takes C0:C1@mid or C0:C1@T, e.g. 4:16@mid; got {text!r}") from None
+        raise ValueError("--switch takes C0:C1@mid or C0:C1@T, e.g. 4:16@mid; "
+                         f"got {text!r}") from None
     for ratio in (start, higher):
         bc.check_ratio(ratio)
     if higher <= start:

@@ -1,4 +1,4 @@
-"""``breadcrumbs generate``: decode one prompt with beacons and print the reasoning and KV figures."""
+"""``breadcrumbs generate``: decode one prompt with beacons; print the reasoning and KV figures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``breadcrumbs init-model``: a randomly initialised beacon-capable checkpoint (training starts here)."""
+"""``breadcrumbs init-model``: a randomly initialised beacon-capable checkpoint to train from."""
 
 from __future__ import annotations
 

@@ -58,10 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="warm start: distillation steps on solver traces before rollouts")
     student.add_argument("--trace-batch", type=int, default=32, help="traces per warm-start step")
     student.add_argument("--trace-ce", type=float, default=0.0,
-                         help="warm start: weight of cross-entropy on the trace tokens next to the KL")
+                         help="warm start: weight of cross-entropy on the trace tokens next to "
+                              "the KL")
     student.add_argument("--init", default=None,
-                         help="start from this student checkpoint instead of the teacher "
-                              "(e.g. a warm start shared by the joint and sequential ablation arms)")
+                         help="start from this student checkpoint instead of the teacher (e.g. a "
+                              "warm start shared by the joint and sequential ablation arms)")
     data = add_data_arguments(student, "your own data (the teacher is a `breadcrumbs convert` "
                                        "folder)")
     data.add_argument("--keep-correct", action="store_true",
@@ -104,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--resume", action="store_true", help="continue the run in --out")
         s.add_argument("--extend-steps", type=int, default=0, metavar="K",
                        help="with --resume: train K steps past the recorded end (added to the "
-                            "run's last phase; the learning-rate schedule stretches to the new end)")
+                            "run's last phase; the learning-rate schedule stretches to the new "
+                            "end)")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         s.add_argument("--mixed-precision", choices=["no", "bf16", "auto"], default="no",
                        help="bf16: forward passes under autocast, float32 weights; auto: bf16 "
@@ -193,7 +195,8 @@ def config_from_args(args: argparse.Namespace, parse_ratio_list):
         task_options = parse_task_options(args.task_option)
         get_task(args.task, **task_options)  # unknown tasks and knobs fail before any training
         return TrainConfig(task=args.task, task_options=task_options, layers=args.layers,
-                           hidden=args.hidden, sft_steps=args.sft_steps, sft_batch=args.sft_batch, lr=args.lr, **common)
+                           hidden=args.hidden, sft_steps=args.sft_steps, sft_batch=args.sft_batch,
+                           lr=args.lr, **common)
     return student_config(args, parse_ratio_list, common)
 
 
@@ -281,7 +284,8 @@ def teacher_config_from_init(args: argparse.Namespace, common: dict):
     if args.data is not None:  # a user's model fine-tuned on the rows' worked answers
         return TrainConfig(task="data", layers=config["num_hidden_layers"],
                            hidden=config["hidden_size"], sft_steps=args.sft_steps,
-                           sft_batch=args.sft_batch, lr=args.lr, init=str(Path(args.init).resolve()),
+                           sft_batch=args.sft_batch, lr=args.lr,
+                           init=str(Path(args.init).resolve()),
                            lora_rank=lora_rank(args), data=checked_data(args).to_dict(), **common)
     task = bc.task or "countdown"
     # A curriculum: the knobs named here replace the checkpoint's, the others carry over, and the

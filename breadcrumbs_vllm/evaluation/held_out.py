@@ -37,7 +37,8 @@ def training_prompts(model: Path | str) -> set[str]:
         config_file = folder / CONFIG_FILE
         if not config_file.is_file():
             raise ValueError(f"{folder} has no {CONFIG_FILE}: cannot tell which problems it "
-                             "trained on (--held-out needs checkpoints written by `breadcrumbs train`)")
+                             "trained on (--held-out needs checkpoints written by "
+                             "`breadcrumbs train`)")
         cfg = TrainConfig.from_json(config_file.read_text())
         task = get_task(cfg.task, **cfg.task_options)
         for step in range(cfg.total_steps):
@@ -51,7 +52,8 @@ def training_prompts(model: Path | str) -> set[str]:
 
 
 def unseen_problems(task: Task, n: int, seed: int, seen: set[str]) -> tuple[list[Problem], int]:
-    """The first ``n`` problems of ``seed`` whose prompt is not in ``seen``, and how many were skipped.
+    """The first ``n`` problems of ``seed`` whose prompt is not in ``seen``, and how many were
+    skipped.
 
     The same draws as ``task.problems(n, seed)`` with the seen ones left out, so the held-out set
     is as reproducible as the plain one.

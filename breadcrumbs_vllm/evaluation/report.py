@@ -23,7 +23,8 @@ def print_table(rows: Sequence[EvalRow], title: str) -> None:
         table.add_row(
             r.setting, "-" if r.ratio is None else str(r.ratio),
             "-" if r.budget is None else f"{r.budget:.1f}", f"{r.accuracy:.1%}",
-            f"{r.mean_generated_tokens:.1f}", f"{r.mean_kv_entries:.1f}", f"{r.peak_kv_entries:.1f}",
+            f"{r.mean_generated_tokens:.1f}", f"{r.mean_kv_entries:.1f}",
+            f"{r.peak_kv_entries:.1f}",
         )
     console = Console()
     console.print(table)
@@ -175,7 +176,8 @@ def combine_budget_runs(paths: Sequence[Path]) -> tuple[str, list[EvalRow]]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a fixed-budget results JSON ({err})") from None
     if len(titles) != 1:
-        raise ValueError(f"--combine needs runs of one setting; their titles differ: {sorted(titles)}")
+        raise ValueError("--combine needs runs of one setting; their titles differ: "
+                         f"{sorted(titles)}")
     keys = [(r.setting, r.kv_budget) for r in rows]
     if len(set(keys)) != len(keys):
         raise ValueError("--combine got one method at one budget twice")

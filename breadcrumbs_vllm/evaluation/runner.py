@@ -118,7 +118,8 @@ class Evaluator:
         rows: list[EvalRow] = []
         peaks: dict[int, list[int]] = {}
         for ratio in ratios:
-            results = self._decode(self.engine, prompts, bar, lambda i, ratio=ratio: {"ratio": ratio})
+            results = self._decode(self.engine, prompts, bar,
+                                   lambda i, ratio=ratio: {"ratio": ratio})
             rows.append(self._row("none" if ratio is None else f"c={ratio}", ratio, None,
                                   problems, results))
             if ratio is not None:
@@ -162,7 +163,8 @@ class Evaluator:
             stop = {"kv_budget": budget}
             runs = [("teacher", None, None, self.baseline_engine, lambda i, stop=stop: stop)]
             runs += [(f"c={ratio}", ratio, None, self.engine,
-                      lambda i, ratio=ratio, stop=stop: {"ratio": ratio, **stop}) for ratio in ratios]
+                      lambda i, ratio=ratio, stop=stop: {"ratio": ratio, **stop})
+                     for ratio in ratios]
             runs += [(name, None, float(budget), self.baseline_engine,
                       lambda i, b=budget, name=name: {"policy": make_policy(name, b - 1)})
                      for name in baselines]
@@ -191,7 +193,8 @@ class Evaluator:
     def _row(self, setting: str, ratio: int | None, budget: float | None,
              problems: Sequence[Problem], results: list[GenerationResult]) -> EvalRow:
         assert self.engine.tokenizer is not None
-        texts = [self.engine.tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
+        texts = [self.engine.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+                 for r in results]
         diagnoses = [self.task.diagnose(p, t) for p, t in zip(problems, texts, strict=True)]
         verdicts = Counter(diagnoses)
         correct = verdicts.pop("correct", 0)

@@ -129,7 +129,8 @@ class ReferenceEngine:
         self.bc = bc
         self.beacon_id = bc.beacon_token_id
         # vLLM's stops: the tokenizer's end of sequence and the generation config's eos ids.
-        self.default_stop_ids = (stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        self.default_stop_ids = (stop_token_ids(tokenizer,
+                                                getattr(model, "generation_config", None))
                                  if tokenizer is not None else [])
 
     @classmethod
@@ -171,7 +172,8 @@ class ReferenceEngine:
                              f"budget of {request.kv_budget} entries")
         generator = None
         if request.temperature > 0:
-            generator = torch.Generator().manual_seed(request.seed if request.seed is not None else 0)
+            generator = torch.Generator().manual_seed(
+                request.seed if request.seed is not None else 0)
         cache = DynamicCache()
         prompt = torch.tensor([request.prompt_ids], device=self.device)
         out = self.model(

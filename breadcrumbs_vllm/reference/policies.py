@@ -55,7 +55,7 @@ class KVPolicy(ABC):
         self.budget = budget
 
     def protected(self, prompt_len: int) -> int:
-        """How many leading entries are never evicted: the prompt, unless a policy says otherwise."""
+        """How many leading entries are never evicted: the prompt, unless a policy says not."""
         return prompt_len
 
     def num_to_evict(self, kv_len: int, prompt_len: int) -> int:
@@ -163,8 +163,9 @@ class SnapKV(KVPolicy):
 
     Windows: 8 queries and a kernel of 5 (SnapKV's own are sized for prompts of thousands of
     tokens; the generated room here is tens of entries). Max pooling runs over the cache in its
-    current order, padding with ``-inf`` at the ends. SnapKV proper compresses the prompt once; here the prompt
-    is kept whole and the rule runs on generated entries, the way decoding presses apply it.
+    current order, padding with ``-inf`` at the ends. SnapKV proper compresses the prompt once; here
+    the prompt is kept whole and the rule runs on generated entries, the way decoding presses apply
+    it.
     """
 
     name = "snapkv"

@@ -86,7 +86,7 @@ def _state(items: list[_Item]) -> str:
 
 
 class Countdown(Task):
-    """Countdown with ``count`` numbers drawn from ``[low, high]`` and a target in ``target_range``."""
+    """Countdown: ``count`` numbers drawn from ``[low, high]``, a target in ``target_range``."""
 
     name = "countdown"
     MAX_ATTEMPTS = 10_000  # knobs no problem satisfies (e.g. a target range out of reach) fail
@@ -119,7 +119,8 @@ class Countdown(Task):
             if target is None or not lo <= target <= hi or target in numbers:
                 continue
             lines = self._trace(numbers, target)
-            if lines is not None and sum(ln.startswith("back") for ln in lines) >= self.min_backtracks:
+            if (lines is not None
+                    and sum(ln.startswith("back") for ln in lines) >= self.min_backtracks):
                 prompt = (f"Use {' '.join(map(str, numbers))} to make {target} with + - * /, "
                           "each at most once.")
                 return Problem(self.name, prompt, {"numbers": numbers, "target": target})

@@ -16,9 +16,11 @@ back-substitution, one line per step::
 Pivots are the equations with the smallest non-zero coefficient of the unknown being eliminated.
 
 With ``show_work=True`` an elimination line writes its arithmetic one operation a number, column by
-column (``r`` is the right-hand side), before the equation it gives, then the division::
+column (``r`` is the right-hand side), before the equation it gives, then the division (one line,
+wrapped here)::
 
-    E4=E2+E1: x: 1*1+1*(-1)=1-1=0, y: 1*(-1)+1*3=-1+3=2, z: 1*2+1*2=2+2=4, r: 1*(-17)+1*(-7)=-17-7=-24, 2y+4z=-24, /2: y+2z=-12
+    E4=E2+E1: x: 1*1+1*(-1)=1-1=0, y: 1*(-1)+1*3=-1+3=2, z: 1*2+1*2=2+2=4,
+        r: 1*(-17)+1*(-7)=-17-7=-24, 2y+4z=-24, /2: y+2z=-12
 
 Without it a 1M-parameter model trained from scratch learned the layout but not the new equation's
 numbers, which it must compute in one step each (1.8 nats a digit after 2000 steps,

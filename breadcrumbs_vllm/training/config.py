@@ -1,4 +1,4 @@
-"""The training run's settings, recorded into every checkpoint so a run can be resumed and audited."""
+"""A training run's settings, recorded in every checkpoint so that it can be resumed and audited."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class TrainConfig:
     # choice on GPUs); weights and optimiser state stay float32
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute activations in the backward (long rollouts)
-    lora_rank: int = 0  # LoRA adapters of this rank (0: full fine-tuning); a student's beacon row trains
+    # LoRA adapters of this rank (0: full fine-tuning); a student's beacon row trains
+    lora_rank: int = 0
     # a user's data instead of a built-in task (``breadcrumbs_vllm.data.DataSpec`` fields)
     data: dict | None = None
     keep_correct: bool = False  # distil only rollouts the verifier scores correct

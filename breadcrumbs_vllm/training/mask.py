@@ -45,8 +45,8 @@ class BeaconBatch:
 
     The ``[R, 1, W, W]`` attention mask is not a field: :attr:`attention_mask` builds it from the
     ``[R, W]`` kinds, windows and segments on whatever device the batch is on, so a GPU step copies
-    ``O(R * W)`` integers to the device instead of ``O(R * W * W)`` mask entries, and builds the mask
-    in a few vectorised operations instead of one Python-driven block per sequence.
+    ``O(R * W)`` integers to the device instead of ``O(R * W * W)`` mask entries, and builds the
+    mask in a few vectorised operations instead of one Python-driven block per sequence.
     """
 
     input_ids: torch.Tensor  # [R, W]
@@ -176,7 +176,8 @@ def build_beacon_batch(
     rows = pack(lengths, width) if packed else [[i] for i in range(len(seqs))]
 
     # Each row's columns as one list per field, the padding at its end, then one tensor each.
-    columns: dict[str, list[list[int]]] = {f: [] for f in ("tokens", "positions", "kinds", "windows", "segments")}
+    columns: dict[str, list[list[int]]] = {f: [] for f in ("tokens", "positions", "kinds",
+                                                           "windows", "segments")}
     start = [0] * len(seqs)  # flat index of each sequence's first token
     for r, members in enumerate(rows):
         row: dict[str, list[int]] = {f: [] for f in columns}
@@ -193,8 +194,9 @@ def build_beacon_batch(
                             ("windows", 0), ("segments", -1)):
             columns[field].append(row[field] + [fill] * pad)
     tensors = {f: torch.tensor(v, dtype=torch.long) for f, v in columns.items()}
-    index = torch.tensor([start[i] + j for i, s in enumerate(seqs) for j in s.sources], dtype=torch.long)
+    index = torch.tensor([start[i] + j for i, s in enumerate(seqs) for j in s.sources],
+                         dtype=torch.long)
     targets = torch.tensor([t for s in seqs for t in s.targets], dtype=torch.long)
     owner = torch.tensor([i for i, s in enumerate(seqs) for _ in s.targets], dtype=torch.long)
-    return BeaconBatch(tensors["tokens"], tensors["positions"], tensors["kinds"], tensors["windows"],
-                       tensors["segments"], targets, owner, index)
+    return BeaconBatch(tensors["tokens"], tensors["positions"], tensors["kinds"],
+                       tensors["windows"], tensors["segments"], targets, owner, index)

@@ -1,13 +1,13 @@
 """Rollouts sampled with vLLM in the training process: what makes RL and distillation affordable
 at real model sizes (the reference engine decodes one token per forward, unbatched in memory).
 
-:class:`VllmSampler` starts one offline ``vllm.LLM`` in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
-the uni-process executor) on the policy's checkpoint folder, with an explicit KV pool so that it
-shares the device with training instead of claiming 90% of it. A policy that trains (the joint
-teacher, an on-policy student) has its weights pushed into the engine before each batch through
-vLLM's in-place weight reload (HF parameter names, vLLM fuses them), and the prefix cache is
-dropped so no stale KV survives the update. The breadcrumbs plugin is active as in serving, so
-on-policy student rollouts carry beacons at each request's ratio.
+:class:`VllmSampler` starts one offline ``vllm.LLM`` in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the uni-process executor) on the policy's checkpoint folder,
+with an explicit KV pool so that it shares the device with training instead of claiming 90% of it. A
+policy that trains (the joint teacher, an on-policy student) has its weights pushed into the engine
+before each batch through vLLM's in-place weight reload (HF parameter names, vLLM fuses them), and
+the prefix cache is dropped so no stale KV survives the update. The breadcrumbs plugin is active as
+in serving, so on-policy student rollouts carry beacons at each request's ratio.
 
 Seeds are per request (``base + i``), so a step's rollouts depend only on (run, step). They are
 vLLM's sampler's draws, not the reference engine's: a run with ``--rollout-engine vllm`` is

@@ -137,8 +137,8 @@ def solver_batch(engine: ReferenceEngine, task: Task,
     trace's characters, then end of turn."""
     tokenizer = engine.tokenizer
     return ([chat_prompt_ids(engine, p) for p in problems],
-            [tokenizer(task.solve(p), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-             for p in problems])
+            [tokenizer(task.solve(p), add_special_tokens=False)["input_ids"]
+             + [tokenizer.eos_token_id] for p in problems])
 
 
 @dataclass
@@ -263,7 +263,8 @@ class Run:
         # move the policy, so the update is skipped.
         if self.teacher_opt is not None and adv.abs().sum() > 0:
             set_lr(self.teacher_opt, cfg.rl_lr)
-            batch = self.batch(rollouts.prompts, rollouts.generations, [None] * len(rollouts.prompts))
+            batch = self.batch(rollouts.prompts, rollouts.generations,
+                               [None] * len(rollouts.prompts))
             old = token_logprobs(rollouts.teacher_logits, batch.targets)
             adv = adv.to(old.device)[batch.owner]  # each token gets its sequence's advantage
             if self.reference is not None:
@@ -373,7 +374,8 @@ class Run:
         cfg = self.cfg
         if self.sampler is None:
             longest = max(len(p) for p in prompts)
-            if isinstance(self.task, DataTask):  # every row's chat prompt must fit, not this batch's
+            # every row's chat prompt must fit, not this batch's
+            if isinstance(self.task, DataTask):
                 longest = max(len(self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
                     tokenize=True, return_dict=False)) for row in self.task.rows)
@@ -411,7 +413,7 @@ class Run:
         return solver_batch(self.engine(self.teacher), self.task, problems)
 
     def evaluate(self) -> dict:
-        """Greedy accuracy on a small held-out set: the teacher uncompressed, the student per ratio."""
+        """Greedy accuracy on a small eval set: the teacher uncompressed, the student per ratio."""
         cfg = self.cfg
         problems = self.task.problems(cfg.eval_n, cfg.eval_seed)
         if self.student is None:
@@ -501,7 +503,8 @@ class Run:
             torch.save(state, tmp / STATE_FILE)
 
         atomic_write_dir(self.out, write)
-        if self.teacher_out is not None and self.student is not None and self.teacher_opt is not None:
+        if (self.teacher_out is not None and self.student is not None
+                and self.teacher_opt is not None):
             teacher_bc = type(self.bc)(**{**self.bc.to_dict(), "teacher": None})
             save_checkpoint(self.acc.unwrap_model(self.teacher), self.tokenizer, teacher_bc,
                             self.teacher_out,

@@ -1,11 +1,11 @@
 """The plugin's two patches of vLLM, and the engine-start choice of its classes.
 
-What a beacon model needs is chosen when its engine config is built (:func:`configure_beacon_engine`):
-vLLM's ``scheduler_cls`` and ``worker_cls`` options name the plugin's scheduler (which builds
-its own KV-cache manager) and worker (which builds its own model runner), so those classes run
-from the engine's start to its end, and any other model runs vLLM's own. Two places have no
-such option, so their methods are wrapped; each wrapper calls the original and engages only for
-beacon models:
+What a beacon model needs is chosen when its engine config is built
+(:func:`configure_beacon_engine`): vLLM's ``scheduler_cls`` and ``worker_cls`` options name the
+plugin's scheduler (which builds its own KV-cache manager) and worker (which builds its own model
+runner), so those classes run from the engine's start to its end, and any other model runs vLLM's
+own. Two places have no such option, so their methods are wrapped; each wrapper calls the original
+and engages only for beacon models:
 
 * ``EngineArgs.create_engine_config``: vLLM has no plugin hook on config creation, and the model
   runner generation and async scheduling must be chosen *before* the config is built;

@@ -39,8 +39,8 @@ class PhysicalBlockAccountant(KVCacheManager):
     """``KVCacheManager`` that holds compressed requests to ``ceil(physical_len / block_size)``.
 
     vLLM's ``Scheduler`` builds its ``KVCacheManager`` itself (no factory), so the scheduler
-    replaces it with :meth:`adopt`, once, at the end of its own ``__init__``. Uncompressed requests and
-    prompt chunks (where physical == logical) take the stock path; every later chunk of a
+    replaces it with :meth:`adopt`, once, at the end of its own ``__init__``. Uncompressed requests
+    and prompt chunks (where physical == logical) take the stock path; every later chunk of a
     compressed request allocates or frees exactly the blocks its physical end needs, never caches
     (decode blocks are overwritten in place, so their logical hashes would lie) and frees tail
     blocks to the pool at once.
@@ -376,7 +376,8 @@ class BreadcrumbsScheduler(Scheduler):
             if not num_new:
                 continue
             request = self.requests[req_id]
-            start, fed_len, schedule = request.num_computed_tokens, request.num_tokens, comp.schedule
+            start, fed_len, schedule = (request.num_computed_tokens, request.num_tokens,
+                                        comp.schedule)
             held = self.kv_cache_manager.blocks_held(req_id)
             keep = None  # vLLM sends new and resumed requests their whole block list
             if req_id in new_block_ids and req_id not in cached.resumed_req_ids:

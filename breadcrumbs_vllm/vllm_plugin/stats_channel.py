@@ -15,15 +15,16 @@ engine under ``/dev/shm`` (shared memory), mapped by both processes:
   first ``record()`` and reads it on every later one.
 
 Naming. Both sides must find the same file with nothing but what each has: the vLLM config and
-the data-parallel engine index. The file is ``breadcrumbs-<anchor>-<writer pid>-<engine>-<instance>``
-where ``anchor`` is the writer's parent pid and ``instance`` the config's ``instance_id`` (less
-the ``_dp<rank>`` suffix vLLM adds to each DP engine's copy). That config is the front end's own
-(pickled into the EngineCore process), so a front end looks for its own ``instance_id`` under
-``anchor`` = its pid (EngineCore is its child: ``AsyncLLM``, the gateway, ``vllm serve`` with one
-API server, data parallelism behind one front end) or its parent's pid (an in-process engine).
-``vllm serve --data-parallel-size N`` starts N API servers that build their own configs (another
-``instance_id``) beside the engines, all children of the ``vllm serve`` process; for them the
-reader falls back to the one file of its engine index under its parent's pid.
+the data-parallel engine index. The file is
+``breadcrumbs-<anchor>-<writer pid>-<engine>-<instance>`` where ``anchor`` is the writer's parent
+pid and ``instance`` the config's ``instance_id`` (less the ``_dp<rank>`` suffix vLLM adds to each
+DP engine's copy). That config is the front end's own (pickled into the EngineCore process), so a
+front end looks for its own ``instance_id`` under ``anchor`` = its pid (EngineCore is its child:
+``AsyncLLM``, the gateway, ``vllm serve`` with one API server, data parallelism behind one front
+end) or its parent's pid (an in-process engine). ``vllm serve --data-parallel-size N`` starts N API
+servers that build their own configs (another ``instance_id``) beside the engines, all children of
+the ``vllm serve`` process; for them the reader falls back to the one file of its engine index under
+its parent's pid.
 
 Lifetime. The first reader to map a file *claims* it by unlinking its name: the name is gone
 while both mappings stay valid, so exactly one front end exports an engine's figures (with N

@@ -292,7 +292,8 @@ def start_router(replicas: list[Child], port: int, policy: str, poll_interval: i
     children.append(child)
     wait_healthy([child], timeout)
     print(f"router: {child.url}/v1  ({policy}, /get_load polled every {poll_interval} s, "
-          f"metrics http://{HOST}:{metrics_port}/metrics, pid {child.proc.pid}, log {child.log})", flush=True)
+          f"metrics http://{HOST}:{metrics_port}/metrics, pid {child.proc.pid}, log {child.log})",
+          flush=True)
     return child
 
 
