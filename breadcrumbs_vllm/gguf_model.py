@@ -14,6 +14,7 @@ that are close to, not equal to, the original release's.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import torch
@@ -46,6 +47,8 @@ def gguf_config(gguf: Path):
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, KeyError, OSError) as exc:  # transformers' "architecture ... not supported"
         raise ValueError(f"cannot read {gguf.name}: {str(exc).splitlines()[0]}") from None
+    except struct.error:  # the header ends early: an interrupted download, or not GGUF
+        raise ValueError(f"cannot read {gguf.name}: the file is truncated or not GGUF") from None
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
     if model_class is None:
         raise ValueError(f"{gguf.name} is a {config.model_type} model, which transformers has no "

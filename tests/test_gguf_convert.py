@@ -43,6 +43,16 @@ def test_an_architecture_it_cannot_take_gets_one_line(tmp_path, capsys, arch, re
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content", [b"GGUF", b"not a gguf file at all, just text"])
+def test_a_truncated_or_foreign_file_gets_one_line(tmp_path, capsys, content) -> None:
+    (tmp_path / "bad.gguf").write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["convert", "--model", str(tmp_path / "bad.gguf"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("breadcrumbs convert: error: cannot read bad.gguf: ") and "\n" not in err
+    assert not out.exists()
+
+
 def test_a_folder_with_two_gguf_files_asks_for_one(tmp_path, capsys) -> None:
     for name in ("a", "b"):
         write_gguf(tmp_path / f"{name}.gguf", "llama")
