@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from breadcrumbs_vllm.evaluation.report import kl_json_path
+
 SETTINGS = ("none", "c=4", "c=8")
 TARGETS = {"c=4": 0.9, "c=8": 0.8}
 
@@ -28,7 +30,7 @@ def scores(files: list[Path]) -> tuple[dict[str, float], dict[str, float]]:
     kl: dict[str, float] = {}
     for path in files:
         accuracy.update({row["setting"]: row["accuracy"] for row in json.loads(path.read_text())})
-        kl_file = path.with_name(path.stem + "-kl.json")
+        kl_file = kl_json_path(path)
         if kl_file.exists():
             per_token = json.loads(kl_file.read_text())["kl_per_token"]
             kl.update({(k if k == "none" else f"c={k}"): v for k, v in per_token.items()})

@@ -136,7 +136,8 @@ two-sums-eval: two-sums-data  # the student: c=8 against every baseline at its p
 		--out $(TWO_OUT)-student-uncompressed.json
 
 # The four-layer CPU student's held-out scores against its steps in all, and the targets
-# (docs/results/smollm2-two-sums-gap.png): the eval JSONs of each layer, committed.
+# (docs/results/smollm2-two-sums-gap.png): the eval JSONs of each layer, committed. Named apart
+# from TWO_OUT, which a GPU run points elsewhere: these files are the CPU lineage's.
 R2 := docs/results/smollm2-two-sums
 two-sums-gap:
 	$(PY) recipes/plot_gap.py $(R2)-gap.png --teacher $(R2)-teacher.json \

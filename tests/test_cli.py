@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cli_run import breadcrumbs
 
+from breadcrumbs_vllm.evaluation.report import kl_json_path
+
 
 def test_the_library_never_imports_the_gateway() -> None:
     """``server`` builds on ``breadcrumbs_vllm``, never the reverse: the gateway's subcommands reach
@@ -103,6 +105,20 @@ def test_eval_end_to_end_writes_table_json_and_plot(random_model, tmp_path):
     assert by[("streaming", 8)]["budget"] == pytest.approx(by[("c=8", 8)]["peak_kv_entries"])
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "accuracy" in proc.stdout
+
+
+def test_eval_kl_writes_the_kl_beside_the_results(random_model, tmp_path):
+    """``--kl`` writes ``NAME-kl.json`` where ``kl_json_path`` says: what recipes read back."""
+    out = tmp_path / "results.json"
+    proc = breadcrumbs("eval", "--model", str(random_model), "--task", "countdown", "--n", "2",
+                       "--max-tokens", "16", "--ratios", "none,4", "--baselines", "", "--kl",
+                       "--baseline-model", str(random_model), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    kl = json.loads(kl_json_path(out).read_text())
+    assert kl_json_path(out).name == "results-kl.json" and kl["n"] == 2
+    # Against itself, uncompressed, the model's KL is zero; compressed it is not.
+    assert kl["kl_per_token"]["none"] == pytest.approx(0.0, abs=1e-6)
+    assert kl["kl_per_token"]["4"] > 0
 
 
 def test_eval_switch_writes_a_row_along_the_rising_path(random_model, tmp_path):

@@ -164,9 +164,10 @@ def write_kl(engine, teacher, problems, ratios, args: argparse.Namespace, title:
     import json
 
     from breadcrumbs_vllm.evaluation.kl import held_out_kl
+    from breadcrumbs_vllm.evaluation.report import kl_json_path
 
     kl = held_out_kl(engine, teacher, problems, ratios, args.max_tokens)
-    out = Path(args.out).with_name(Path(args.out).stem + "-kl.json")
+    out = kl_json_path(Path(args.out))
     out.write_text(json.dumps({"title": title, "n": len(problems), "kl_per_token": kl},
                               indent=2) + "\n")
     print("per-token KL(teacher || model) on the teacher's traces: "

@@ -40,6 +40,11 @@ def write_json(rows: Sequence[EvalRow], path: Path) -> None:
     path.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
 
 
+def kl_json_path(results: Path) -> Path:
+    """Where ``eval --kl`` writes its per-token KL beside the results JSON: ``NAME-kl.json``."""
+    return results.with_name(results.stem + "-kl.json")
+
+
 def _accuracy_axes(width: float = 6.4):
     """A figure for an accuracy plot, on the file-only backend (no display on a server)."""
     import matplotlib
